@@ -1,0 +1,1 @@
+"""Numbered SQL migrations, shipped inside the installed package as moesifasgi.migrations."""

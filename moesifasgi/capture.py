@@ -1,0 +1,129 @@
+"""Per-request capture: what one HTTP exchange looked like on the wire.
+
+An `Exchange` is created for each request and lives only as long as it. It
+copies the request body as the app reads it (never reading ahead of the app)
+and the response status, headers and body as the app sends them, keeping at
+most `limit` bytes of each body so that memory per request stays bounded.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Dict, List, Optional, Tuple, Union
+
+from .asgi_types import Message, Receive, Scope
+from .bodies import BodyBuffer, MultipartSummary, is_multipart
+
+TRANSACTION_HEADER = "x-moesif-transaction-id"
+_TRANSACTION_HEADER_BYTES = TRANSACTION_HEADER.encode("latin-1")
+
+RawHeaders = List[Tuple[bytes, bytes]]
+
+
+def decode_headers(raw: Optional[RawHeaders]) -> Dict[str, str]:
+    """Lowercase name -> value; repeated headers joined with ', '.
+
+    latin-1 decoding cannot fail, so a header with invalid UTF-8 is kept
+    (mangled) rather than breaking the capture.
+    """
+    headers: Dict[str, str] = {}
+    if not raw:
+        return headers
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key in headers:
+            headers[key] = headers[key] + ", " + text
+        else:
+            headers[key] = text
+    return headers
+
+
+class Exchange:
+    __slots__ = (
+        "scope",
+        "started_at",
+        "finished_at",
+        "request_headers",
+        "transaction_id",
+        "transaction_header",
+        "request_body",
+        "status",
+        "response_raw_headers",
+        "response_body",
+        "response_started",
+        "response_complete",
+        "recorded",
+        "_receive",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, *, log_body: bool, body_limit: int, use_transaction_id: bool) -> None:
+        self.scope = scope
+        self.started_at = time.time()
+        self.finished_at: Optional[float] = None
+        self.request_headers = decode_headers(scope.get("headers"))
+        # The event always carries a transaction id, fixed now, so that a re-post
+        # after a crash is deduplicated by Moesif; the header is what
+        # DISABLED_TRANSACTION_ID turns off.
+        self.transaction_header = use_transaction_id
+        incoming = self.request_headers.get(TRANSACTION_HEADER, "").strip() if use_transaction_id else ""
+        # An id the caller already chose (e.g. an upstream service that also
+        # reports to Moesif) is kept, so both sides of the call share it.
+        self.transaction_id = incoming[:128] if incoming else str(uuid.uuid4())
+        self.request_body: Union[BodyBuffer, MultipartSummary, None] = None
+        self.response_body: Optional[BodyBuffer] = None
+        if log_body:
+            content_type = self.request_headers.get("content-type")
+            if is_multipart(content_type):
+                self.request_body = MultipartSummary.from_content_type(content_type or "")
+            else:
+                self.request_body = BodyBuffer(body_limit)
+            self.response_body = BodyBuffer(body_limit)
+        self.status: Optional[int] = None
+        self.response_raw_headers: RawHeaders = []
+        self.response_started = False
+        self.response_complete = False
+        self.recorded = False
+        self._receive = receive
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request" and self.request_body is not None:
+            chunk = message.get("body", b"")
+            if chunk:
+                if isinstance(self.request_body, MultipartSummary):
+                    self.request_body.feed(chunk)
+                else:
+                    self.request_body.append(chunk)
+        return message
+
+    def on_response_start(self, message: Message) -> Message:
+        """Note status and headers; return the message to send (with our id header)."""
+        self.response_started = True
+        self.status = int(message.get("status", 200))
+        headers = list(message.get("headers") or [])
+        if self.transaction_header and not any(
+            name.lower() == _TRANSACTION_HEADER_BYTES for name, _ in headers
+        ):
+            headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
+            message = dict(message)
+            message["headers"] = headers
+        self.response_raw_headers = [(bytes(n), bytes(v)) for n, v in headers]
+        return message
+
+    def on_response_body(self, message: Message) -> bool:
+        """Copy a body chunk; True when this is the last one."""
+        chunk = message.get("body", b"")
+        if chunk and self.response_body is not None:
+            self.response_body.append(chunk)
+        if message.get("more_body", False):
+            return False
+        self.response_complete = True
+        self.finished_at = time.time()
+        return True
+
+    def request_body_bytes(self) -> Optional[bytes]:
+        """The captured request body when it is complete, for callbacks that read it."""
+        if isinstance(self.request_body, BodyBuffer) and not self.request_body.truncated:
+            return self.request_body.getvalue()
+        return None

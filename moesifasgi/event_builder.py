@@ -1,0 +1,146 @@
+"""Turn a captured exchange into Moesif's event JSON (a plain dict).
+
+Field names, time format and body encoding follow Moesif's collector API; see
+../shared/MOESIF_API.md.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from .bodies import MultipartSummary, encode_body
+from .capture import TRANSACTION_HEADER, Exchange, decode_headers
+from .client_ip import client_ip
+
+
+def format_time(timestamp: float) -> str:
+    """UTC ISO 8601 with milliseconds, as Moesif expects: 2026-11-24T00:24:01.412."""
+    seconds = int(timestamp)
+    millis = int((timestamp - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03d" % millis
+
+
+def request_uri(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+    """The full URL the client asked for, query string included."""
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host")
+    if not host:
+        server = scope.get("server")
+        if server:
+            name, port = server[0], server[1]
+            default = {"http": 80, "https": 443}.get(scheme)
+            host = name if port in (None, default) else f"{name}:{port}"
+        else:
+            host = "localhost"
+    path = scope.get("root_path", "") + scope.get("path", "/")
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        # raw_path keeps percent-encoding exactly as the client sent it.
+        path = raw_path.decode("latin-1")
+        root = scope.get("root_path", "")
+        if root and not path.startswith(root):
+            path = root + path
+    query = scope.get("query_string", b"")
+    if query:
+        return f"{scheme}://{host}{path}?{query.decode('latin-1')}"
+    return f"{scheme}://{host}{path}"
+
+
+def route_of(uri: str) -> str:
+    """The path part of a full URL, for sampling and governance rules."""
+    start = uri.find("://")
+    slash = uri.find("/", start + 3 if start >= 0 else 0)
+    if slash < 0:
+        return "/"
+    path = uri[slash:]
+    query = path.find("?")
+    return path if query < 0 else path[:query]
+
+
+def peer_host(scope: Mapping[str, Any]) -> Optional[str]:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def build_event(
+    exchange: Exchange,
+    *,
+    api_version: Optional[str],
+    user_id: Optional[str],
+    company_id: Optional[str],
+    session_token: Optional[str],
+    metadata: Any,
+    blocked_by: Optional[str] = None,
+    weight: Optional[int] = None,
+) -> Dict[str, Any]:
+    scope = exchange.scope
+    request_headers = exchange.request_headers
+    if exchange.transaction_header and TRANSACTION_HEADER not in request_headers:
+        request_headers = dict(request_headers)
+        request_headers[TRANSACTION_HEADER] = exchange.transaction_id
+    uri = request_uri(scope, request_headers)
+
+    request: Dict[str, Any] = {
+        "time": format_time(exchange.started_at),
+        "uri": uri,
+        "verb": scope.get("method", "GET"),
+        "headers": request_headers,
+        "ip_address": client_ip(request_headers, peer_host(scope)),
+    }
+    if api_version is not None:
+        request["api_version"] = api_version
+    body = exchange.request_body
+    if isinstance(body, MultipartSummary):
+        fields = body.result()
+        if fields:
+            request["body"] = fields
+            request["transfer_encoding"] = "json"
+    elif body is not None and body.total_size:
+        value, encoding = encode_body(
+            body.getvalue(),
+            request_headers.get("content-type"),
+            request_headers.get("content-encoding"),
+            truncated=body.truncated,
+            total_size=body.total_size,
+        )
+        if value is not None:
+            request["body"] = value
+            request["transfer_encoding"] = encoding
+
+    response_headers = decode_headers(exchange.response_raw_headers)
+    response: Dict[str, Any] = {
+        "time": format_time(exchange.finished_at or time.time()),
+        "status": exchange.status if exchange.status is not None else 500,
+        "headers": response_headers,
+    }
+    rbody = exchange.response_body
+    if rbody is not None and rbody.total_size:
+        value, encoding = encode_body(
+            rbody.getvalue(),
+            response_headers.get("content-type"),
+            response_headers.get("content-encoding"),
+            truncated=rbody.truncated,
+            total_size=rbody.total_size,
+        )
+        if value is not None:
+            response["body"] = value
+            response["transfer_encoding"] = encoding
+
+    event: Dict[str, Any] = {
+        "request": request,
+        "response": response,
+        "direction": "Incoming",
+        "transaction_id": exchange.transaction_id,
+    }
+    optional = {
+        "user_id": user_id,
+        "company_id": company_id,
+        "session_token": session_token,
+        "metadata": metadata,
+        "blocked_by": blocked_by,
+        "weight": weight,
+    }
+    for key, value in optional.items():
+        if value is not None:
+            event[key] = value
+    return event

@@ -1,0 +1,183 @@
+"""MoesifMiddleware: a pure ASGI middleware that records every HTTP call durably.
+
+The app's messages pass through unchanged (apart from the added
+X-Moesif-Transaction-Id response header); the request body is copied as the app
+reads it and the response as the app sends it. When the last response chunk has
+gone to the client, the call becomes an event that is sampled, masked and handed
+to this process's queue writer. With DURABILITY="strict" the last chunk is held
+until the event is committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Dict, Optional
+
+from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .callbacks import CallbackError, invoke, request_for, response_for
+from .capture import Exchange
+from .diagnostics import problems
+from .event_builder import build_event, peer_host, request_uri, route_of
+from .client_ip import client_ip
+from .identity import user_id_from_authorization
+from .masking import MaskingError
+from .pipeline import EventPipeline
+from .queue_writer import close_all
+from .settings import Settings, parse_settings
+
+logger = logging.getLogger("moesifasgi")
+
+
+class MoesifMiddleware:
+    """Record every request/response of the wrapped ASGI app into the Moesif queue.
+
+    Usage: ``app.add_middleware(MoesifMiddleware, settings={"APPLICATION_ID": "..."})``.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Optional[Dict[str, Any]] = None) -> None:
+        self.app = app
+        self.settings: Settings = parse_settings(settings)
+        if self.settings.debug:
+            logger.setLevel(logging.DEBUG)
+        self.pipeline = EventPipeline(self.settings)
+        s = self.settings
+        self._needs_request = any(
+            f is not None for f in (s.skip, s.identify_user, s.identify_company, s.get_metadata, s.get_session_token)
+        )
+        self._strict = s.durability == "strict"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            exchange = Exchange(
+                scope,
+                receive,
+                log_body=self.settings.log_body,
+                body_limit=self.settings.max_body_bytes,
+                use_transaction_id=not self.settings.disabled_transaction_id,
+            )
+        except Exception:
+            self._report_internal_error()
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                message = exchange.on_response_start(message)
+            elif kind == "http.response.body" and exchange.on_response_body(message):
+                if self._strict:
+                    await self._finish(exchange)
+                    await send(message)
+                else:
+                    await send(message)
+                    await self._finish(exchange)
+                return
+            await send(message)
+
+        app_receive = exchange.receive if exchange.request_body is not None else receive
+        try:
+            await self.app(scope, app_receive, send_wrapper)
+        except Exception:
+            # The app's exception goes on untouched; the client will see a 500
+            # (or a cut-off response), and that is what the event records.
+            if not exchange.recorded:
+                if exchange.status is None:
+                    exchange.status = 500
+                await self._finish(exchange)
+            raise
+        if not exchange.recorded and exchange.response_started:
+            # The app returned without sending the last chunk (client gone).
+            await self._finish(exchange)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Commit what this worker still holds before the server exits.
+                await asyncio.get_running_loop().run_in_executor(None, close_all)
+            await send(message)
+
+        return lifespan_send
+
+    async def _finish(self, exchange: Exchange) -> None:
+        exchange.recorded = True
+        try:
+            await self._record(exchange)
+        except CallbackError as exc:
+            self.pipeline.drop(
+                f"callback-{exc.name}", "moesifasgi: %s; the event was dropped", exc
+            )
+        except MaskingError as exc:
+            self.pipeline.drop("masking", "moesifasgi: %s", exc)
+        except Exception:
+            self._report_internal_error()
+
+    def _report_internal_error(self) -> None:
+        try:
+            self.pipeline.writer.count_drop()
+        except Exception:
+            pass
+        problems.report(
+            "internal", "moesifasgi: unexpected error while recording a call; event dropped",
+            level=logging.ERROR, exc_info=True,
+        )
+
+    async def _record(self, exchange: Exchange) -> None:
+        s = self.settings
+        request = response = None
+        if self._needs_request:
+            request, response = request_for(exchange), response_for(exchange)
+        if s.skip is not None and await invoke("SKIP", s.skip, request, response):
+            return
+
+        user_id = None
+        if s.identify_user is not None:
+            user_id = await invoke("IDENTIFY_USER", s.identify_user, request, response)
+        if not user_id:
+            user_id = user_id_from_authorization(
+                exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field
+            )
+        company_id = None
+        if s.identify_company is not None:
+            company_id = await invoke("IDENTIFY_COMPANY", s.identify_company, request, response)
+        user_id = None if user_id is None else str(user_id)
+        company_id = None if company_id is None else str(company_id)
+
+        rate = 100.0
+        if self.pipeline.writer.shared.sampling is not None:
+            rate = self.pipeline.sampling_rate(
+                verb=exchange.scope.get("method", "GET"),
+                route=route_of(request_uri(exchange.scope, exchange.request_headers)),
+                ip_address=client_ip(exchange.request_headers, peer_host(exchange.scope)),
+                status=exchange.status,
+                user_id=user_id,
+                company_id=company_id,
+            )
+            if not self.pipeline.sampled_in(rate):
+                return
+
+        session_token = None
+        if s.get_session_token is not None:
+            session_token = await invoke("GET_SESSION_TOKEN", s.get_session_token, request, response)
+        metadata = None
+        if s.get_metadata is not None:
+            metadata = await invoke("GET_METADATA", s.get_metadata, request, response)
+
+        event = build_event(
+            exchange,
+            api_version=s.api_version,
+            user_id=user_id,
+            company_id=company_id,
+            session_token=None if session_token is None else str(session_token),
+            metadata=metadata,
+            weight=self.pipeline.weight(rate),
+        )
+        if s.debug:
+            logger.debug("moesifasgi: queueing event %s %s -> %s", event["request"]["verb"],
+                         event["request"]["uri"], event["response"]["status"])
+        await self.pipeline.persist(event, strict=self._strict)

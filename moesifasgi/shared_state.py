@@ -1,0 +1,54 @@
+"""Moesif's server-side configuration as this process last read it from the queue file.
+
+The flusher's leader fetches `/v1/config` (and `/v1/rules`) and stores them in the
+`kv` table; every worker's writer thread re-reads them every few seconds and swaps
+in new immutable snapshots. The request path only reads attributes: no I/O, no lock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from typing import Any, Optional
+
+from .sampling import SamplingConfig
+
+logger = logging.getLogger("moesifasgi")
+
+CONFIG_KEY = "config"
+RULES_KEY = "rules"
+
+
+class SharedState:
+    refresh_interval = 2.0
+
+    def __init__(self) -> None:
+        self.sampling: Optional[SamplingConfig] = None
+        self.config: Optional[dict] = None
+        self.rules: Optional[Any] = None
+        self._next_refresh = 0.0
+        self._seen: dict = {}
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next_refresh
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        self._next_refresh = time.monotonic() + self.refresh_interval
+        rows = conn.execute(
+            "SELECT key, value, updated_at FROM kv WHERE key IN (?, ?)", (CONFIG_KEY, RULES_KEY)
+        ).fetchall()
+        for key, value, updated_at in rows:
+            if self._seen.get(key) == updated_at:
+                continue
+            self._seen[key] = updated_at
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                logger.warning("moesifasgi: ignoring an unreadable %s stored in the queue file", key)
+                continue
+            if key == CONFIG_KEY:
+                self.config = parsed if isinstance(parsed, dict) else None
+                self.sampling = SamplingConfig.from_dict(self.config) if self.config else None
+            else:
+                self.rules = parsed

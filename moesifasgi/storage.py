@@ -1,0 +1,163 @@
+"""Opening the shared SQLite queue file and keeping its schema current.
+
+Every process (each web worker, the `moesif-flush` daemon, the CLI) opens its own
+connection with the same pragmas. The schema comes from the numbered SQL files in
+`migrations/`, applied against `PRAGMA user_version`, each in one
+`BEGIN IMMEDIATE` transaction together with its version bump, so that many
+workers starting at once migrate exactly once.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from importlib import resources
+from typing import Iterator, List, Tuple
+
+BUSY_TIMEOUT_MS = 5000
+_MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
+
+
+class QueueError(Exception):
+    """The queue file cannot be used (wrong path, corrupt, newer schema...)."""
+
+
+class SchemaTooNewError(QueueError):
+    pass
+
+
+def migrations() -> List[Tuple[int, str, str]]:
+    """(version, file name, SQL) for every migration shipped with the package, in order."""
+    found = []
+    for entry in resources.files("moesifasgi.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    return found
+
+
+def latest_version() -> int:
+    return migrations()[-1][0]
+
+
+def _create_private_file(path: str) -> None:
+    """Create the database file as mode 0600 before SQLite opens it.
+
+    SQLite gives the -wal and -shm files the permissions of the database file, so
+    creating the main file privately keeps all three private: they hold headers
+    and bodies of API calls.
+    """
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.Connection:
+    """Open the queue at `path` in autocommit mode with WAL and a busy timeout.
+
+    With `create=False` a missing file is a QueueError instead of a new empty queue
+    (the CLI uses this so that a typo in a path is reported, not silently created).
+    """
+    if create:
+        _create_private_file(path)
+    elif not os.path.exists(path):
+        raise QueueError(f"no queue file at {path}")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise QueueError(f"cannot open queue file {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _enable_wal(conn)
+        # NORMAL is durable against process crashes (kill -9) in WAL mode; only an
+        # OS crash or power loss can lose the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if migrate:
+            apply_migrations(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise QueueError(f"cannot use queue file {path}: {exc}") from exc
+    except QueueError:
+        conn.close()
+        raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Switching to WAL needs a moment of exclusive access; when several workers
+    # open a brand new file at once, one of them may see SQLITE_BUSY here.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise QueueError(f"the queue file cannot use WAL journaling (got {mode!r}); is it on a network filesystem?")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction taken up front (BEGIN IMMEDIATE), rolled back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a SQL script into statements (trigger bodies contain semicolons)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()
+            pending = ""
+            if statement:
+                yield statement
+    if pending.strip() and not all(l.strip().startswith("--") or not l.strip() for l in pending.splitlines()):
+        raise QueueError("incomplete SQL statement at the end of a migration file")
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def apply_migrations(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; return the version now in force."""
+    steps = migrations()
+    newest = steps[-1][0]
+    current = schema_version(conn)
+    if current > newest:
+        raise SchemaTooNewError(
+            f"the queue file has schema version {current}, newer than this moesifasgi knows "
+            f"({newest}); upgrade moesifasgi on every process that shares this queue"
+        )
+    if current == newest:
+        return current
+    for version, name, sql in steps:
+        with immediate(conn):
+            # Re-read under the write lock: another process may have migrated
+            # between our first look and taking the lock.
+            if schema_version(conn) >= version:
+                continue
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+    return schema_version(conn)

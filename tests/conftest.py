@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Dict, List
+
+import pytest
+
+from moesifasgi import queue_writer
+from moesifasgi.diagnostics import problems
+
+
+@pytest.fixture
+def queue_path(tmp_path) -> str:
+    return str(tmp_path / "queue.sqlite")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    problems.reset()
+    yield
+    queue_writer.close_all()
+    problems.reset()
+
+
+def read_events(path: str) -> List[Dict[str, Any]]:
+    """Every event committed to the queue at `path`, oldest first (after flushing writers)."""
+    queue_writer.flush_all()
+    conn = sqlite3.connect(path)
+    try:
+        return [json.loads(body) for (body,) in conn.execute("SELECT body FROM events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def read_counter(path: str, name: str) -> int:
+    queue_writer.flush_all()
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
+    finally:
+        conn.close()

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import time
+import uuid
+
+import pytest
+
+from moesifasgi import storage
+from moesifasgi.queue_writer import QueueWriter
+
+
+def _row(i: int = 0) -> tuple:
+    return (str(uuid.uuid4()), time.time(), '{"n": %d}' % i)
+
+
+def _counters(path) -> dict:
+    conn = sqlite3.connect(str(path))
+    try:
+        return dict(conn.execute("SELECT name, value FROM counters"))
+    finally:
+        conn.close()
+
+
+def test_submitted_events_are_committed_in_order_with_their_ids(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    writer = QueueWriter(path, capacity=1000)
+    rows = [_row(i) for i in range(300)]
+    for row in rows:
+        assert writer.submit(row)
+    assert writer.flush(5)
+    writer.close()
+    conn = sqlite3.connect(path)
+    stored = conn.execute("SELECT transaction_id, body FROM events ORDER BY id").fetchall()
+    assert stored == [(r[0], r[2]) for r in rows]
+    assert writer.committed == 300
+
+
+def test_events_beyond_the_cap_are_dropped_and_counted_durably(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    writer = QueueWriter(path, capacity=50)
+    results = []
+    for i in range(80):
+        writer.submit(_row(i), results.append)
+    writer.flush(5)
+    writer.close()
+    counters = _counters(path)
+    assert counters["pending"] == 50
+    assert counters["dropped"] == 30
+    assert results.count(True) == 50 and results.count(False) == 30
+
+
+def test_close_commits_everything_still_held_in_memory(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    writer = QueueWriter(path, capacity=10_000, commit_interval=0.5)
+    for i in range(1000):
+        writer.submit(_row(i))
+    writer.close()
+    assert _counters(path)["pending"] == 1000
+
+
+def test_drops_counted_before_the_queue_exist_reach_the_durable_counter(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    writer = QueueWriter(path, capacity=10)
+    writer.count_drop(3)
+    writer.submit(_row())
+    writer.close()
+    assert _counters(path)["dropped"] == 3
+
+
+def test_an_unwritable_queue_drops_and_counts_without_raising(tmp_path, caplog):
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "q.sqlite"
+    path.write_bytes(b"garbage, not sqlite" * 100)
+    writer = QueueWriter(str(path), capacity=10)
+    outcomes = []
+    for i in range(20):
+        assert writer.submit(_row(i), outcomes.append)
+    writer.flush(5)
+    writer.close()
+    assert outcomes == [False] * 20
+    assert writer.dropped == 20
+    errors = [r for r in caplog.records if "cannot write to the queue file" in r.getMessage()]
+    assert 1 <= len(errors) <= 2  # once, not once per event
+
+
+def test_a_removed_queue_directory_is_recreated_and_writing_resumes(tmp_path):
+    directory = tmp_path / "gone"
+    path = str(directory / "q.sqlite")
+    writer = QueueWriter(path, capacity=100)
+    writer.submit(_row(1))
+    writer.flush(5)
+    for name in os.listdir(directory):
+        os.unlink(directory / name)
+    os.rmdir(directory)
+    time.sleep(1.1)  # past the writer's file identity check interval
+    writer.submit(_row(2))
+    writer.flush(5)
+    writer.close()
+    conn = storage.connect(path)
+    assert conn.execute("SELECT body FROM events").fetchall() == [('{"n": 2}',)]
+
+
+def _write_many(path: str, count: int, capacity: int, barrier, out) -> None:
+    writer = QueueWriter(path, capacity=capacity)
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    accepted = []
+    barrier.wait()
+    for tid in ids:
+        writer.submit((tid, time.time(), "{}"), lambda ok, tid=tid: ok and accepted.append(tid))
+    writer.close(30)
+    out.put((ids, accepted))
+
+
+@pytest.mark.parametrize("capacity", [100_000, 3_000])
+def test_four_processes_writing_at_once_end_with_exactly_their_events_and_the_cap(tmp_path, capacity):
+    path = str(tmp_path / "shared.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_write_many, args=(path, 2000, capacity, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    accepted = {tid for _, acc in results for tid in acc}
+    conn = sqlite3.connect(path)
+    stored = [r[0] for r in conn.execute("SELECT transaction_id FROM events")]
+    counters = _counters(path)
+    assert len(stored) == len(set(stored)) == len(accepted)
+    assert set(stored) == accepted
+    assert len(stored) == min(8000, capacity)
+    assert counters["pending"] == len(stored)
+    assert counters["dropped"] == 8000 - len(stored)

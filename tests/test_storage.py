@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from moesifasgi import storage
+
+
+def test_a_new_queue_file_is_created_private_with_wal_and_the_latest_schema(tmp_path):
+    path = str(tmp_path / "sub" / "queue.sqlite")
+    conn = storage.connect(path)
+    conn.execute("INSERT INTO events (transaction_id, created_at, body) VALUES ('t', 1, '{}')")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert storage.schema_version(conn) == storage.latest_version()
+    for suffix in ("", "-wal", "-shm"):
+        mode = stat.S_IMODE(os.stat(path + suffix).st_mode)
+        assert mode == 0o600, (suffix, oct(mode))
+    assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
+
+
+def test_the_pending_counter_follows_inserts_and_deletes(tmp_path):
+    conn = storage.connect(str(tmp_path / "q.sqlite"))
+    conn.executemany(
+        "INSERT INTO events (transaction_id, created_at, body) VALUES (?, 1, '{}')", [(str(i),) for i in range(5)]
+    )
+    conn.execute("DELETE FROM events WHERE transaction_id IN ('0', '1')")
+    assert conn.execute("SELECT value FROM counters WHERE name='pending'").fetchone()[0] == 3
+
+
+def test_a_schema_newer_than_the_code_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    storage.connect(path).execute(f"PRAGMA user_version = {storage.latest_version() + 1}")
+    with pytest.raises(storage.SchemaTooNewError, match="newer than this moesifasgi knows"):
+        storage.connect(path)
+
+
+def test_a_missing_file_is_an_error_when_creation_is_not_wanted(tmp_path):
+    with pytest.raises(storage.QueueError, match="no queue file"):
+        storage.connect(str(tmp_path / "nope.sqlite"), create=False)
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+def test_a_corrupt_file_is_reported_as_a_queue_error(tmp_path):
+    path = tmp_path / "q.sqlite"
+    path.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(storage.QueueError, match="cannot"):
+        storage.connect(str(path))
+
+
+def test_migration_statements_keep_trigger_bodies_whole():
+    sql = storage.migrations()[0][2]
+    statements = list(storage._statements(sql))
+    triggers = [s for s in statements if s.upper().startswith("CREATE TRIGGER")]
+    assert len(triggers) == 2
+    assert all(t.rstrip().upper().endswith("END;") for t in triggers)
+
+
+def _open_with_an_extra_migration(path: str, barrier) -> None:
+    shipped = storage.migrations()
+    extra = (
+        shipped[-1][0] + 1,
+        "9999_probe.sql",
+        # Deliberately not idempotent: running it twice would fail or add a row.
+        f"CREATE TABLE applied (pid INTEGER);\nINSERT INTO applied VALUES ({os.getpid()});\n",
+    )
+    storage.migrations = lambda: shipped + [extra]
+    barrier.wait()
+    conn = storage.connect(path)
+    conn.execute("INSERT INTO events (transaction_id, created_at, body) VALUES (?, 1, '{}')", (str(os.getpid()),))
+    conn.close()
+
+
+def test_processes_racing_to_create_the_queue_migrate_it_exactly_once(tmp_path):
+    path = str(tmp_path / "race.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_open_with_an_extra_migration, args=(path, barrier)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.latest_version() + 1
+    assert conn.execute("SELECT COUNT(*) FROM applied").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 6
+    assert conn.execute("SELECT value FROM counters WHERE name='pending'").fetchone()[0] == 6
