@@ -1,0 +1,476 @@
+"""Capture request and response bodies and encode them for a Moesif event.
+
+Moesif takes a body either as parsed JSON (``transfer_encoding: "json"``) or as
+base64 text (``"base64"``); a gzip body is decompressed first.
+
+Truncation. Moesif's collector caps an event at 1 MB and, for a bigger one,
+keeps only the first ~450 KB of the body, base64-encoded, so that a partial
+body is never shown as valid JSON (Moesif API docs, "Limits and Restrictions /
+Maximum Event Size", github.com/Moesif/apidocs ``source/includes/_errors.md``).
+We follow the same convention client-side, before the event is queued: a body
+cut at :data:`MAX_BODY_BYTES` is sent as base64 of the kept prefix, never as
+JSON, even when the prefix happens to parse. Because base64 alone does not
+say "incomplete", the encoded bytes end with a readable marker line (see
+:func:`truncation_marker`), e.g.
+``\\n[moesifasgi: body truncated after 262144 bytes; 1048576 bytes were sent]``.
+(Moesif's SDKs that drop an oversize body entirely send
+``{"msg": "request.body.length ... exceeded requestMaxBodySize ..."}`` instead,
+e.g. moesif-servlet's ``BodyHandler.getLargeBodyError``; we keep the prefix,
+as the collector does.) The same applies when a gzip stream ends early or
+decompresses to more than the cap.
+
+Multipart uploads are not kept byte for byte: :class:`MultipartSummary`
+reduces them to ``{field: text value | uploaded file name}`` as they stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import zlib
+from typing import Any
+from urllib.parse import unquote
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_FIELD_VALUE_BYTES",
+    "MAX_MULTIPART_FIELDS",
+    "BodyBuffer",
+    "MultipartSummary",
+    "encode_body",
+    "is_multipart",
+    "truncation_marker",
+]
+
+logger = logging.getLogger(__name__)
+
+# Moesif accepts at most 1 MB per event. Two bodies of 256 KiB become
+# 2 x 342 KiB once base64-encoded (+33%, and base64 needs no JSON escaping),
+# i.e. ~684 KiB, leaving ~340 KiB for headers, URI and metadata. A gzip body
+# is capped at the same size after decompression. A JSON body is sent parsed;
+# re-serialised compactly (separators=(",", ":"), ensure_ascii=False) it is
+# about as long as its source, so the budget holds for real APIs. (With
+# ensure_ascii=True non-ASCII text grows up to 3x, and number-heavy arrays like
+# [1E9,1E9] grow when floats are re-printed, so whoever serialises the event
+# should still check its final size.)
+MAX_BODY_BYTES = 256 * 1024
+
+# Multipart summaries: enough text to recognise a form value, not a document.
+MAX_FIELD_VALUE_BYTES = 1024
+MAX_MULTIPART_FIELDS = 100
+# A part's header block is a few hundred bytes; anything longer is garbage.
+_MAX_PART_HEADER_BYTES = 8 * 1024
+_MAX_BOUNDARY_CHARS = 200  # RFC 2046 allows 70; be lenient, but bounded
+_GZIP_STEP = 16 * 1024
+
+_JSON_START = frozenset(b"{[")
+_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")  # JSON's whitespace, scanned in C
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity parse in Python but are not JSON: Moesif would reject
+    # the whole batch, so such a body goes out as base64 instead.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def truncation_marker(kept: int, total: int | None, *, compressed: bool = False) -> bytes:
+    """The line appended to a truncated body before it is base64-encoded.
+
+    ``kept`` counts the bytes shown (after decompression); ``total`` the
+    bytes the peer sent (before it), when known.
+    """
+    marker = f"\n[moesifasgi: body truncated after {kept} bytes"
+    if total is not None:
+        marker += f"; {total} bytes were sent"
+        if compressed:
+            marker += " gzip-compressed"
+    return (marker + "]").encode("ascii")
+
+
+class BodyBuffer:
+    """Keep the first ``limit`` bytes of a streamed body; count all of them.
+
+    Memory stays bounded by ``limit`` however much is appended, and chunks
+    are joined once, in :meth:`getvalue`, so appending costs no copying.
+    """
+
+    __slots__ = ("limit", "total_size", "truncated", "_chunks", "_kept")
+
+    def __init__(self, limit: int = MAX_BODY_BYTES) -> None:
+        self.limit = max(0, int(limit))
+        self.total_size = 0
+        self.truncated = False
+        self._chunks: list[bytes] = []
+        self._kept = 0
+
+    def append(self, chunk: bytes) -> None:
+        size = len(chunk)
+        if not size:
+            return
+        self.total_size += size
+        room = self.limit - self._kept
+        if room <= 0:
+            self.truncated = True
+            return
+        if size > room:
+            chunk = chunk[:room]
+            size = room
+            self.truncated = True
+        # bytes() copies a bytearray/memoryview the app may reuse later.
+        self._chunks.append(chunk if type(chunk) is bytes else bytes(chunk))
+        self._kept += size
+
+    def __len__(self) -> int:
+        return self._kept
+
+    def getvalue(self) -> bytes:
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+
+def _gunzip(data: bytes, limit: int) -> tuple[bytes, bool] | None:
+    """Decompress gzip ``data``, at most ``limit`` bytes of output.
+
+    Returns ``(output, complete)``, or None when nothing decompresses (not
+    gzip at all). ``complete`` is False when the stream ended early, was
+    corrupt midway, or held more than ``limit`` bytes. Bounded output also
+    defuses decompression bombs.
+    """
+    limit = max(1, limit)  # max_length=0 would mean "unlimited" to zlib
+    out: list[bytes] = []
+    produced = 0
+    members = 0
+    view = memoryview(data)
+    pos = 0
+    inflater = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+    while True:
+        if inflater.eof:
+            members += 1
+            # Concatenated members are legal; zero padding after them too.
+            rest = (inflater.unused_data + view[pos:].tobytes()).lstrip(b"\x00")
+            if not rest:
+                return b"".join(out), True
+            view, pos = memoryview(rest), 0
+            inflater = zlib.decompressobj(wbits=31)
+        if pos >= len(view):
+            return b"".join(out), False  # the stream stopped mid-member
+        # Feed the input in slices so that a stream corrupt midway still
+        # yields what came before the damage.
+        piece_in = view[pos : pos + _GZIP_STEP]
+        pos += _GZIP_STEP
+        try:
+            # One byte past the limit tells "exactly full" from "too big".
+            piece = inflater.decompress(piece_in, limit - produced + 1)
+        except zlib.error:
+            return (b"".join(out), False) if produced or members else None
+        out.append(piece)
+        produced += len(piece)
+        if produced > limit:
+            return b"".join(out)[:limit], False
+
+
+def _charset(content_type: str | None) -> str | None:
+    if not content_type or "charset" not in content_type.lower():
+        return None
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            return None if charset in ("utf-8", "utf8", "us-ascii", "ascii") else charset
+    return None
+
+
+def _as_json(data: bytes, content_type: str | None) -> tuple[bool, Any]:
+    """Parse ``data`` as JSON when it looks like JSON; ``(False, None)`` if not."""
+    spaces = _LEADING_SPACE.match(data)
+    index = spaces.end() if spaces else 0
+    if index == len(data) or data[index] not in _JSON_START:
+        return False, None  # the common non-JSON case costs no exception
+    try:
+        charset = _charset(content_type)
+        text = data.decode(charset) if charset else data.decode("utf-8")
+        parsed = _DECODER.decode(text)
+        if "\\ud" in text or "\\uD" in text:
+            # A lone surrogate escape parses but cannot be written back as
+            # UTF-8; such a body is kept as base64 instead.
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except (ValueError, LookupError, RecursionError):
+        return False, None  # UnicodeError and JSONDecodeError are ValueErrors
+    return True, parsed
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_body(
+    data: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+    *,
+    truncated: bool = False,
+    total_size: int | None = None,
+    limit: int = MAX_BODY_BYTES,
+) -> tuple[Any, str | None]:
+    """Return ``(body, transfer_encoding)`` for one captured body.
+
+    ``data`` is what was kept (at most ``limit`` bytes); ``truncated`` and
+    ``total_size`` come from the :class:`BodyBuffer` that captured it.
+    ``content_type`` only matters for a declared non-UTF-8 charset. Empty
+    gives ``(None, None)``; JSON gives ``(parsed, "json")``; anything else,
+    and anything truncated, ``(base64 text, "base64")``. Never raises.
+    """
+    if not data:
+        return None, None
+    try:
+        if content_encoding and "gzip" in content_encoding.lower():
+            inflated = _gunzip(data, limit)
+            if inflated is None:
+                # Labelled gzip but not gzip: show the bytes as they came.
+                if truncated:
+                    return _b64(data + truncation_marker(len(data), total_size)), "base64"
+                return _b64(data), "base64"
+            plain, complete = inflated
+            if not complete or truncated:
+                marker = truncation_marker(len(plain), total_size, compressed=True)
+                return _b64(plain + marker), "base64"
+            data = plain
+            if not data:
+                return None, None
+        elif truncated:
+            return _b64(data + truncation_marker(len(data), total_size)), "base64"
+        is_json, parsed = _as_json(data, content_type)
+        if is_json:
+            return parsed, "json"
+        return _b64(data), "base64"
+    except Exception:  # never let an odd body break event building
+        logger.debug("could not encode a body; sending it as base64", exc_info=True)
+        try:
+            return _b64(bytes(data)), "base64"
+        except Exception:
+            return None, None
+
+
+def is_multipart(content_type: str | None) -> bool:
+    """True for a ``multipart/form-data`` content type."""
+    if not content_type:
+        return False
+    return content_type.lstrip()[:19].lower() == "multipart/form-data"
+
+
+# Content-Disposition parameters: name="value" (with \" escapes) or name=token.
+_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+_BOUNDARY = re.compile(r';\s*boundary\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)', re.IGNORECASE)
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+# Parser states.
+_PREAMBLE, _AFTER_DELIMITER, _HEADERS, _CONTENT, _SKIP, _DONE = range(6)
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return value
+
+
+def _disposition(header_block: bytes) -> tuple[str | None, str | None]:
+    """Return ``(field name, file name or None)`` from a part's headers."""
+    for line in header_block.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon or name.strip().lower() != b"content-disposition":
+            continue
+        # Browsers send raw UTF-8 in quoted names; replace what is not.
+        text = ";" + value.decode("utf-8", "replace").partition(";")[2]
+        params: dict[str, str] = {}
+        for key, raw in _PARAM.findall(text):
+            params.setdefault(key.lower(), _unquote(raw))
+        filename = params.get("filename")
+        extended = params.get("filename*")  # RFC 5987: utf-8''na%C3%AFve.txt
+        if extended is not None:
+            charset, _, encoded = extended.partition("''")
+            try:
+                filename = unquote(encoded, encoding=charset or "utf-8", errors="replace")
+            except LookupError:
+                filename = unquote(encoded, errors="replace")
+        return params.get("name"), filename
+    return None, None
+
+
+class MultipartSummary:
+    """Reduce a streamed ``multipart/form-data`` body to a small summary.
+
+    Feed it the request body chunk by chunk, split anywhere. :meth:`result`
+    maps each field name to its text value (first
+    :data:`MAX_FIELD_VALUE_BYTES` bytes, decoded as UTF-8) or, for a file
+    field, to the uploaded file's name; file contents are never kept. A name
+    seen more than once maps to a list of its values in order. At most
+    :data:`MAX_MULTIPART_FIELDS` parts are kept. A part still streaming when
+    :meth:`result` is called is included with what was received so far.
+
+    Memory is bounded (a carry-over of at most one header block, plus the
+    summary) whatever the upload size. Garbage never raises; it only yields
+    fewer fields.
+    """
+
+    __slots__ = (
+        "_delimiter", "_first", "_carry", "_state", "_fields",
+        "_name", "_filename", "_value", "_value_size",
+    )
+
+    def __init__(self, boundary: bytes) -> None:
+        self._first = b"--" + boundary  # the first delimiter may open the body
+        self._delimiter = b"\r\n--" + boundary
+        self._carry = b""
+        self._state = _PREAMBLE
+        self._fields: list[tuple[str, str]] = []
+        self._name: str | None = None
+        self._filename: str | None = None
+        self._value: list[bytes] = []
+        self._value_size = 0
+
+    @classmethod
+    def from_content_type(cls, content_type: str | None) -> MultipartSummary | None:
+        """Build from a Content-Type header; None unless it is multipart with a boundary."""
+        if not is_multipart(content_type):
+            return None
+        match = _BOUNDARY.search(content_type or "")
+        if match is None:
+            return None
+        boundary = _unquote(match.group(1))
+        if not boundary or len(boundary) > _MAX_BOUNDARY_CHARS:
+            return None
+        try:
+            return cls(boundary.encode("ascii"))
+        except UnicodeEncodeError:
+            return None
+
+    def feed(self, chunk: bytes) -> None:
+        """Consume the next piece of the body. Never raises."""
+        if self._state == _DONE or not chunk or not isinstance(chunk, _BYTES_LIKE):
+            return
+        try:
+            if type(chunk) is not bytes:
+                chunk = bytes(chunk)
+            self._consume(self._carry + chunk if self._carry else chunk)
+        except Exception:
+            logger.debug("unparseable multipart body; summary stops here", exc_info=True)
+            self._finish_part()
+            self._state = _DONE
+            self._carry = b""
+
+    def result(self) -> dict[str, Any]:
+        """Return ``{field name: value, file name, or list of them}``. Never raises."""
+        try:
+            pairs = list(self._fields)
+            if (
+                self._state == _CONTENT
+                and self._name is not None
+                and len(pairs) < MAX_MULTIPART_FIELDS
+            ):
+                pairs.append(self._pending())
+            summary: dict[str, Any] = {}
+            for name, value in pairs:
+                if name not in summary:
+                    summary[name] = value
+                elif isinstance(summary[name], list):
+                    summary[name].append(value)
+                else:
+                    summary[name] = [summary[name], value]
+            return summary
+        except Exception:
+            logger.debug("could not summarise a multipart body", exc_info=True)
+            return {}
+
+    # -- internals ---------------------------------------------------------
+
+    def _pending(self) -> tuple[str, str]:
+        if self._filename is not None:
+            return self._name or "", self._filename
+        return self._name or "", b"".join(self._value).decode("utf-8", "replace")
+
+    def _finish_part(self) -> None:
+        if self._state == _CONTENT and self._name is not None:
+            if len(self._fields) < MAX_MULTIPART_FIELDS:
+                self._fields.append(self._pending())
+        self._name = self._filename = None
+        self._value = []
+        self._value_size = 0
+
+    def _keep(self, data: bytes, start: int, end: int) -> None:
+        # Text fields only, and only up to the cap: file bytes are dropped.
+        if self._filename is not None or self._name is None or end <= start:
+            return
+        room = MAX_FIELD_VALUE_BYTES - self._value_size
+        if room > 0:
+            piece = data[start : min(end, start + room)]
+            self._value.append(piece)
+            self._value_size += len(piece)
+
+    def _consume(self, data: bytes) -> None:
+        pos = 0
+        size = len(data)
+        delimiter = self._delimiter
+        while pos < size:
+            state = self._state
+            if state == _PREAMBLE:
+                found = data.find(self._first, pos)
+                if found < 0:
+                    pos = max(pos, size - len(self._first) + 1)
+                    break
+                pos = found + len(self._first)
+                self._state = _AFTER_DELIMITER
+            elif state == _AFTER_DELIMITER:
+                # "--" closes the body; otherwise optional padding, then CRLF.
+                if size - pos < 2:
+                    break
+                if data[pos : pos + 2] == b"--":
+                    self._state = _DONE
+                    pos = size
+                    break
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    if size - pos > 256:  # no line end in sight: garbage
+                        self._state = _SKIP
+                        continue
+                    break
+                if data[pos:eol].strip(b" \t"):
+                    self._state = _SKIP  # text after a delimiter: not ours
+                    continue
+                # Keep the CRLF: the header block ends at the first CRLFCRLF
+                # from here, which also covers a part without headers.
+                pos = eol
+                self._state = _HEADERS
+            elif state == _HEADERS:
+                end = data.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if size - pos > _MAX_PART_HEADER_BYTES:
+                        self._state = _SKIP
+                        continue
+                    break
+                name, filename = _disposition(data[pos + 2 : end])
+                pos = end + 4
+                self._name, self._filename = name, filename
+                self._state = _CONTENT if name is not None else _SKIP
+            else:  # _CONTENT or _SKIP: look for the next delimiter
+                found = data.find(delimiter, pos)
+                if found < 0:
+                    # Keep only what could be the start of a split delimiter.
+                    safe = max(pos, size - len(delimiter) + 1)
+                    if state == _CONTENT:
+                        self._keep(data, pos, safe)
+                    pos = safe
+                    break
+                if state == _CONTENT:
+                    self._keep(data, pos, found)
+                self._finish_part()
+                pos = found + len(delimiter)
+                self._state = _AFTER_DELIMITER
+        self._carry = data[pos:] if pos < size and self._state != _DONE else b""
