@@ -6,18 +6,26 @@ Field names, time format and body encoding follow Moesif's collector API; see
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .bodies import MultipartSummary, encode_body
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
 from .client_ip import client_ip
 
 
+_second_cache: Tuple[int, str] = (-1, "")
+
+
 def format_time(timestamp: float) -> str:
     """UTC ISO 8601 with milliseconds, as Moesif expects: 2026-11-24T00:24:01.412."""
+    global _second_cache
     seconds = int(timestamp)
-    millis = int((timestamp - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03d" % millis
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        # Most calls fall in the same second as the previous one: format it once.
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return "%s.%03d" % (prefix, int((timestamp - seconds) * 1000))
 
 
 def request_uri(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:

@@ -100,10 +100,9 @@ def _resolve(future: asyncio.Future, ok: bool) -> None:
         future.set_result(ok)
 
 
-def _encode(event: Dict[str, Any]) -> str:
-    # ASCII output: a lone surrogate or odd character in user metadata becomes an
-    # escape instead of failing later inside SQLite's UTF-8 conversion.
-    return json.dumps(event, separators=(",", ":"), default=str)
+# ASCII output: a lone surrogate or odd character in user metadata becomes an
+# escape instead of failing later inside SQLite's UTF-8 conversion.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def encode_event(event: Dict[str, Any]) -> Optional[str]:
