@@ -39,16 +39,17 @@ def decode_headers(raw: Optional[RawHeaders]) -> Dict[str, str]:
     latin-1 decoding cannot fail, so a header with invalid UTF-8 is kept
     (mangled) rather than breaking the capture.
     """
-    headers: Dict[str, str] = {}
     if not raw:
+        return {}
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    if len(headers) == len(raw):
         return headers
+    # Some name repeats: join its values in order instead of keeping the last.
+    headers = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        if key in headers:
-            headers[key] = headers[key] + ", " + text
-        else:
-            headers[key] = text
+        headers[key] = headers[key] + ", " + text if key in headers else text
     return headers
 
 
@@ -61,6 +62,8 @@ class Exchange:
         "transaction_id",
         "transaction_header",
         "request_body",
+        "body_limit",
+        "log_body",
         "status",
         "response_raw_headers",
         "response_body",
@@ -83,15 +86,11 @@ class Exchange:
         # An id the caller already chose (e.g. an upstream service that also
         # reports to Moesif) is kept, so both sides of the call share it.
         self.transaction_id = incoming[:128] if incoming else new_transaction_id()
+        self.body_limit = body_limit
+        self.log_body = log_body
+        # Created on the first chunk: most calls have no request body.
         self.request_body: Union[BodyBuffer, MultipartSummary, None] = None
         self.response_body: Optional[BodyBuffer] = None
-        if log_body:
-            content_type = self.request_headers.get("content-type")
-            if is_multipart(content_type):
-                self.request_body = MultipartSummary.from_content_type(content_type or "")
-            else:
-                self.request_body = BodyBuffer(body_limit)
-            self.response_body = BodyBuffer(body_limit)
         self.status: Optional[int] = None
         self.response_raw_headers: RawHeaders = []
         self.response_started = False
@@ -101,23 +100,32 @@ class Exchange:
 
     async def receive(self) -> Message:
         message = await self._receive()
-        if message["type"] == "http.request" and self.request_body is not None:
+        if message["type"] == "http.request":
             chunk = message.get("body", b"")
             if chunk:
-                if isinstance(self.request_body, MultipartSummary):
-                    self.request_body.feed(chunk)
+                body = self.request_body
+                if body is None:
+                    body = self.request_body = self._new_request_body()
+                if isinstance(body, MultipartSummary):
+                    body.feed(chunk)
                 else:
-                    self.request_body.append(chunk)
+                    body.append(chunk)
         return message
+
+    def _new_request_body(self) -> Union[BodyBuffer, MultipartSummary]:
+        content_type = self.request_headers.get("content-type")
+        if is_multipart(content_type):
+            summary = MultipartSummary.from_content_type(content_type)
+            if summary is not None:
+                return summary
+        return BodyBuffer(self.body_limit)
 
     def on_response_start(self, message: Message) -> Message:
         """Note status and headers; return the message to send (with our id header)."""
         self.response_started = True
         self.status = int(message.get("status", 200))
         headers = list(message.get("headers") or [])
-        if self.transaction_header and not any(
-            name.lower() == _TRANSACTION_HEADER_BYTES for name, _ in headers
-        ):
+        if self.transaction_header and _TRANSACTION_HEADER_BYTES not in {name.lower() for name, _ in headers}:
             headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
             message = dict(message)
             message["headers"] = headers
@@ -127,7 +135,9 @@ class Exchange:
     def on_response_body(self, message: Message) -> bool:
         """Copy a body chunk; True when this is the last one."""
         chunk = message.get("body", b"")
-        if chunk and self.response_body is not None:
+        if chunk and self.log_body:
+            if self.response_body is None:
+                self.response_body = BodyBuffer(self.body_limit)
             self.response_body.append(chunk)
         if message.get("more_body", False):
             return False

@@ -84,7 +84,7 @@ def build_event(
     scope = exchange.scope
     request_headers = exchange.request_headers
     if exchange.transaction_header and TRANSACTION_HEADER not in request_headers:
-        request_headers = dict(request_headers)
+        # The exchange is finished with its headers: add the id in place.
         request_headers[TRANSACTION_HEADER] = exchange.transaction_id
     uri = request_uri(scope, request_headers)
 
@@ -140,15 +140,16 @@ def build_event(
         "direction": "Incoming",
         "transaction_id": exchange.transaction_id,
     }
-    optional = {
-        "user_id": user_id,
-        "company_id": company_id,
-        "session_token": session_token,
-        "metadata": metadata,
-        "blocked_by": blocked_by,
-        "weight": weight,
-    }
-    for key, value in optional.items():
-        if value is not None:
-            event[key] = value
+    if user_id is not None:
+        event["user_id"] = user_id
+    if company_id is not None:
+        event["company_id"] = company_id
+    if session_token is not None:
+        event["session_token"] = session_token
+    if metadata is not None:
+        event["metadata"] = metadata
+    if blocked_by is not None:
+        event["blocked_by"] = blocked_by
+    if weight is not None:
+        event["weight"] = weight
     return event

@@ -80,7 +80,7 @@ class MoesifMiddleware:
                 return
             await send(message)
 
-        app_receive = exchange.receive if exchange.request_body is not None else receive
+        app_receive = exchange.receive if exchange.log_body else receive
         try:
             await self.app(scope, app_receive, send_wrapper)
         except Exception:
@@ -149,7 +149,8 @@ class MoesifMiddleware:
         company_id = None if company_id is None else str(company_id)
 
         rate = 100.0
-        if self.pipeline.writer.shared.sampling is not None:
+        writer = self.pipeline.writer
+        if writer.shared.sampling is not None:
             rate = self.pipeline.sampling_rate(
                 verb=exchange.scope.get("method", "GET"),
                 route=route_of(request_uri(exchange.scope, exchange.request_headers)),
@@ -180,4 +181,4 @@ class MoesifMiddleware:
         if s.debug:
             logger.debug("moesifasgi: queueing event %s %s -> %s", event["request"]["verb"],
                          event["request"]["uri"], event["response"]["status"])
-        await self.pipeline.persist(event, strict=self._strict)
+        await self.pipeline.persist(event, writer, strict=self._strict)

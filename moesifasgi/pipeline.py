@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import random
 import time
 from typing import Any, Dict, Optional
@@ -16,7 +15,7 @@ from typing import Any, Dict, Optional
 from .bodies import truncation_marker
 from .diagnostics import problems
 from .masking import apply_mask
-from .queue_writer import QueueWriter, writer_for
+from .queue_writer import QueueWriter, current_pid, writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
 
@@ -36,9 +35,10 @@ class EventPipeline:
     @property
     def writer(self) -> QueueWriter:
         # Looked up per process: after a fork the parent's writer is not ours.
-        if self._writer is None or self._writer_pid != os.getpid() or self._writer.closed:
+        pid = current_pid()
+        if self._writer is None or self._writer_pid != pid or self._writer.closed:
             self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size)
-            self._writer_pid = os.getpid()
+            self._writer_pid = pid
         return self._writer
 
     def sampling_rate(
@@ -65,8 +65,9 @@ class EventPipeline:
         self.writer.count_drop()
         problems.report(reason_key, message, *args)
 
-    async def persist(self, event: Dict[str, Any], *, strict: bool = False) -> bool:
+    async def persist(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None, *, strict: bool = False) -> bool:
         """Mask, encode and queue `event`; True once it is queued (strict: committed)."""
+        writer = writer or self.writer
         if self.settings.mask_event_model is not None:
             event = await apply_mask(self.settings.mask_event_model, event)
         text = encode_event(event)
@@ -75,14 +76,14 @@ class EventPipeline:
             return False
         row = (str(event["transaction_id"]), time.time(), text)
         if not strict:
-            return self.writer.submit(row)
+            return writer.submit(row)
         loop = asyncio.get_running_loop()
         committed: asyncio.Future = loop.create_future()
 
         def done(ok: bool) -> None:
             loop.call_soon_threadsafe(_resolve, committed, ok)
 
-        if not self.writer.submit(row, done):
+        if not writer.submit(row, done):
             return False
         try:
             return await asyncio.wait_for(committed, STRICT_COMMIT_TIMEOUT)

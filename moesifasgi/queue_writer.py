@@ -33,7 +33,7 @@ logger = logging.getLogger("moesifasgi")
 EventRow = Tuple[str, float, str]
 DoneCallback = Callable[[bool], None]
 
-COMMIT_INTERVAL = 0.02
+COMMIT_INTERVAL = 0.01
 MAX_ROWS_PER_COMMIT = 500
 # Events held in memory while the file cannot take them (locked, being
 # recreated); beyond this they are dropped and counted rather than risk the
@@ -145,7 +145,6 @@ class QueueWriter:
             self._refresh_shared_state()
             if self._stopping and not self._buffer:
                 break
-        if os.environ.get("BENCH_STATS"): print("WRITER", self.committed, self.commits, flush=True)
         self._write_uncounted_drops()
         if self._conn is not None:
             self._conn.close()
@@ -290,6 +289,22 @@ def _file_identity(path: str) -> Optional[Tuple[int, int]]:
 
 
 # -- one writer per queue file per process ---------------------------------------------
+
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current_pid() -> int:
+    """os.getpid() without a system call per request; kept right across fork."""
+    return _pid
+
 
 _writers: Dict[str, QueueWriter] = {}
 _writers_pid = os.getpid()
