@@ -26,12 +26,13 @@ reduces them to ``{field: text value | uploaded file name}`` as they stream.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import zlib
 from typing import Any
 from urllib.parse import unquote
+
+from . import jsoncodec
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -69,13 +70,6 @@ _JSON_START = frozenset(b"{[")
 _LEADING_SPACE = re.compile(rb"[ \t\r\n]*")  # JSON's whitespace, scanned in C
 
 
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity parse in Python but are not JSON: Moesif would reject
-    # the whole batch, so such a body goes out as base64 instead.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def truncation_marker(kept: int, total: int | None, *, compressed: bool = False) -> bytes:
@@ -194,12 +188,7 @@ def _as_json(data: bytes, content_type: str | None) -> tuple[bool, Any]:
         return False, None  # the common non-JSON case costs no exception
     try:
         charset = _charset(content_type)
-        text = data.decode(charset) if charset else data.decode("utf-8")
-        parsed = _DECODER.decode(text)
-        if "\\ud" in text or "\\uD" in text:
-            # A lone surrogate escape parses but cannot be written back as
-            # UTF-8; such a body is kept as base64 instead.
-            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+        parsed = jsoncodec.loads(data.decode(charset) if charset else data)
     except (ValueError, LookupError, RecursionError):
         return False, None  # UnicodeError and JSONDecodeError are ValueErrors
     return True, parsed

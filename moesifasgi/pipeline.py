@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import random
 import time
 from typing import Any, Dict, Optional
 
+from . import jsoncodec
 from .bodies import truncation_marker
 from .diagnostics import problems
 from .masking import apply_mask
@@ -101,9 +101,7 @@ def _resolve(future: asyncio.Future, ok: bool) -> None:
         future.set_result(ok)
 
 
-# ASCII output: a lone surrogate or odd character in user metadata becomes an
-# escape instead of failing later inside SQLite's UTF-8 conversion.
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_encode = jsoncodec.dumps
 
 
 def encode_event(event: Dict[str, Any]) -> Optional[str]:

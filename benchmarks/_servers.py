@@ -1,0 +1,98 @@
+"""Start and stop the processes a benchmark needs: the app under uvicorn or
+gunicorn, and the loopback Moesif collector."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+class Collector:
+    """The loopback Moesif stand-in, in its own process so it never shares our GIL."""
+
+    def __init__(self, record: Optional[str] = None) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", str(self.port)]
+        if record:
+            cmd += ["--record", record]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        wait_for_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class AppServer:
+    def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn") -> None:
+        self.port = free_port()
+        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE, **env)
+        if server == "gunicorn":
+            cmd: List[str] = [
+                python, "-m", "gunicorn", "bench_app:app", "-k", "uvicorn.workers.UvicornWorker",
+                "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--log-level", "warning",
+                "--graceful-timeout", "10",
+            ]
+        else:
+            cmd = [
+                python, "-m", "uvicorn", "bench_app:app", "--port", str(self.port), "--log-level", "warning",
+                "--no-access-log", "--workers", str(workers),
+            ]
+        self.proc = subprocess.Popen(cmd, env=full_env, cwd=HERE, start_new_session=True)
+        wait_for_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> List[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [self.proc.pid] + [int(p) for p in out.split()]
+
+    def rss_kb(self) -> int:
+        """Sum of resident memory of the server and its workers, in KiB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def stop(self, timeout: float = 15.0) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,137 @@
+"""Drain benchmark: fill a queue with realistic events, drain it to a loopback collector.
+
+    python benchmarks/drain_benchmark.py                       # 200,000 events, BATCH_SIZE 25, 4 in flight
+    python benchmarks/drain_benchmark.py --batch-size 100 --concurrency 8
+
+The collector runs in its own process (`python -m moesifasgi_flush.local_collector`)
+so that it does not share the flusher's GIL; the flusher runs in this process, and
+its peak RSS is read from getrusage before and after the drain. The memory goal is
+that the peak does not grow with the backlog: run with --events 20000 and 200000
+and compare.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from moesifasgi import storage
+from moesifasgi_flush.flusher import Flusher, FlusherOptions
+
+_PATHS = ["/v1/orders", "/v1/orders/{id}", "/v1/users/{id}/profile", "/v2/search", "/health"]
+_AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+           "python-httpx/0.27.0", "okhttp/4.12.0"]
+
+
+def realistic_event(rng: random.Random, created: float) -> tuple:
+    """One event shaped like the middleware's output: ~1 KB of JSON."""
+    tid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    path = rng.choice(_PATHS).replace("{id}", str(rng.randint(1, 10**6)))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + ".%03d" % rng.randint(0, 999)
+    event = {
+        "request": {
+            "time": stamp, "uri": f"https://api.example.com{path}?page={rng.randint(1, 50)}&limit=20",
+            "verb": rng.choice(["GET", "GET", "POST", "PUT"]), "ip_address": f"10.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+            "headers": {"host": "api.example.com", "user-agent": rng.choice(_AGENTS), "accept": "application/json",
+                        "authorization": "*****", "x-request-id": uuid.uuid4().hex},
+            "body": {"customer_id": rng.randint(1, 10**6), "items": [{"sku": f"SKU-{rng.randint(1, 9999)}", "qty": rng.randint(1, 5)}]},
+            "transfer_encoding": "json",
+        },
+        "response": {
+            "time": stamp, "status": rng.choice([200, 200, 200, 201, 404]),
+            "headers": {"content-type": "application/json", "content-length": str(rng.randint(100, 4000)),
+                        "x-moesif-transaction-id": tid},
+            "body": base64.b64encode(os.urandom(96)).decode(), "transfer_encoding": "base64",
+        },
+        "user_id": f"user-{rng.randint(1, 5000)}", "company_id": f"co-{rng.randint(1, 300)}",
+        "direction": "Incoming", "weight": 1, "transaction_id": tid,
+        "metadata": {"region": rng.choice(["eu-west-1", "us-east-1"]), "build": "2024.11.3"},
+    }
+    return tid, created, json.dumps(event, separators=(",", ":"))
+
+
+def fill(path: str, count: int) -> int:
+    conn = storage.connect(path)
+    rng = random.Random(42)
+    now = time.time()
+    total_bytes = 0
+    for start in range(0, count, 10_000):
+        rows = [realistic_event(rng, now - (count - start - i) * 0.001) for i in range(min(10_000, count - start))]
+        total_bytes += sum(len(r[2]) for r in rows)
+        with storage.immediate(conn):
+            conn.executemany("INSERT INTO events (transaction_id, created_at, body) VALUES (?, ?, ?)", rows)
+    conn.close()
+    return total_bytes
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a child from /proc (Linux), to see which side is saturated."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_collector() -> tuple:
+    proc = subprocess.Popen([sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", "0", "--verbose",
+                             "--interval", "3600"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()  # "listening on http://127.0.0.1:PORT"
+    return proc, line.rsplit(" ", 1)[-1]
+
+
+async def drain(path: str, url: str, batch_size: int, concurrency: int) -> tuple:
+    flusher = Flusher(path, "benchmark-app", url, FlusherOptions(batch_size=batch_size, concurrency=concurrency))
+    started = time.perf_counter()
+    stats = await flusher.drain()
+    elapsed = time.perf_counter() - started
+    await flusher.aclose()
+    return stats, elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=25, help="BATCH_SIZE (default 25, as the setting)")
+    parser.add_argument("--concurrency", type=int, default=4, help="FLUSH_CONCURRENCY (default 4)")
+    parser.add_argument("--queue", help="queue file (default: a new temporary file)")
+    args = parser.parse_args()
+
+    path = args.queue or os.path.join(tempfile.mkdtemp(prefix="moesif-bench-"), "queue.sqlite")
+    t0 = time.perf_counter()
+    body_bytes = fill(path, args.events)
+    print(f"backlog: {args.events} events, {body_bytes / args.events:.0f} B of JSON each on average, "
+          f"queue file {os.path.getsize(path) / 1e6:.0f} MB, filled in {time.perf_counter() - t0:.1f} s")
+
+    collector, url = start_collector()
+    try:
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        usage_before, collector_before = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(collector.pid)
+        stats, elapsed = asyncio.run(drain(path, url, args.batch_size, args.concurrency))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        rss_peak = usage.ru_maxrss
+        flusher_cpu = usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime
+        collector_cpu = cpu_seconds(collector.pid) - collector_before
+    finally:
+        collector.terminate()
+        summary = collector.communicate(timeout=10)[0].strip().splitlines()
+    rate = stats.sent / elapsed if elapsed else 0.0
+    print(f"batch size {args.batch_size}, {args.concurrency} batches in flight")
+    print(f"drained {stats.sent} events in {elapsed:.2f} s: {rate:,.0f} events/s "
+          f"(failed {stats.failed}, left {stats.remaining})")
+    print(f"CPU during the drain: flusher {flusher_cpu / elapsed:.0%} of a core, "
+          f"collector {collector_cpu / elapsed:.0%} of a core")
+    print(f"flusher peak RSS: {rss_peak / 1024:.1f} MB (before the drain: {rss_before / 1024:.1f} MB)")
+    print("collector: " + (summary[-1] if summary else "?"))
+    return 0 if stats.remaining == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
