@@ -17,9 +17,9 @@ def codec(request, monkeypatch):
 
 
 def test_dumps_is_compact_json_that_round_trips(codec):
-    value = {"a": [1, 2.5, None, True], "text": "caf\u00e9 \u2603", "nested": {"k": "v"}}
+    value = {"a": [1, 2.5, None, True], "text": "caf\u00e9\u2603", "nested": {"k": "v"}}
     text = codec.dumps(value)
-    assert " " not in text.replace("caf\u00e9 \u2603", "")
+    assert " " not in text
     assert json.loads(text) == value
 
 
