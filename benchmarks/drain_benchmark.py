@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,8 +89,9 @@ def start_collector() -> tuple:
     return proc, line.rsplit(" ", 1)[-1]
 
 
-async def drain(path: str, url: str, batch_size: int, concurrency: int) -> tuple:
-    flusher = Flusher(path, "benchmark-app", url, FlusherOptions(batch_size=batch_size, concurrency=concurrency))
+async def drain(path: str, url: str, batch_size: int, concurrency: int, db_in_loop: bool) -> tuple:
+    options = FlusherOptions(batch_size=batch_size, concurrency=concurrency, db_in_loop=db_in_loop)
+    flusher = Flusher(path, "benchmark-app", url, options)
     started = time.perf_counter()
     stats = await flusher.drain()
     elapsed = time.perf_counter() - started
@@ -102,11 +105,25 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=25, help="BATCH_SIZE (default 25, as the setting)")
     parser.add_argument("--concurrency", type=int, default=4, help="FLUSH_CONCURRENCY (default 4)")
     parser.add_argument("--queue", help="queue file (default: a new temporary file)")
+    parser.add_argument("--db-thread", choices=["auto", "yes", "no"], default="auto",
+                        help="queue operations on a thread (the embedded flusher) or on the loop; "
+                             "auto: as `moesif-flush run/drain` choose (on the loop up to 50 events a batch)")
     args = parser.parse_args()
 
-    path = args.queue or os.path.join(tempfile.mkdtemp(prefix="moesif-bench-"), "queue.sqlite")
+    workdir = None if args.queue else tempfile.mkdtemp(prefix="moesif-bench-")
+    path = args.queue or os.path.join(workdir, "queue.sqlite")
+    try:
+        return _run(args, path)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)  # a 200k backlog is ~265 MB
+
+
+def _run(args: argparse.Namespace, path: str) -> int:
     t0 = time.perf_counter()
-    body_bytes = fill(path, args.events)
+    # Filled by a child process so that this process's peak RSS is the flusher's alone.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        body_bytes = pool.apply(fill, (path, args.events))
     print(f"backlog: {args.events} events, {body_bytes / args.events:.0f} B of JSON each on average, "
           f"queue file {os.path.getsize(path) / 1e6:.0f} MB, filled in {time.perf_counter() - t0:.1f} s")
 
@@ -114,7 +131,8 @@ def main() -> int:
     try:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         usage_before, collector_before = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(collector.pid)
-        stats, elapsed = asyncio.run(drain(path, url, args.batch_size, args.concurrency))
+        in_loop = args.batch_size <= 50 if args.db_thread == "auto" else args.db_thread == "no"
+        stats, elapsed = asyncio.run(drain(path, url, args.batch_size, args.concurrency, in_loop))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         rss_peak = usage.ru_maxrss
         flusher_cpu = usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime
@@ -123,7 +141,8 @@ def main() -> int:
         collector.terminate()
         summary = collector.communicate(timeout=10)[0].strip().splitlines()
     rate = stats.sent / elapsed if elapsed else 0.0
-    print(f"batch size {args.batch_size}, {args.concurrency} batches in flight")
+    print(f"batch size {args.batch_size}, {args.concurrency} batches in flight, "
+          f"queue operations {'on the event loop' if in_loop else 'on a thread'}")
     print(f"drained {stats.sent} events in {elapsed:.2f} s: {rate:,.0f} events/s "
           f"(failed {stats.failed}, left {stats.remaining})")
     print(f"CPU during the drain: flusher {flusher_cpu / elapsed:.0%} of a core, "

@@ -1,0 +1,174 @@
+"""Posting one claimed batch to Moesif and acting on the answer.
+
+- 2xx: delete the rows (still claimed by us) and count them as sent.
+- Transient failures (connection errors, timeouts, 408, 429, 5xx): give the rows
+  back and pause every worker of this flusher for a backoff delay that honours
+  Retry-After; the events stay queued.
+- 401/402/403: give the rows back, log one clear error, and send nothing until a
+  probe a few minutes later.
+- 400/413: split the batch in halves until the bad events are alone; an event
+  rejected on its own goes to the dead letters with the status and reason.
+  Other 4xx (404 from a wrong BASE_URI...) are a configuration problem, not a bad
+  event: they are retried with backoff rather than dead-lettering everything.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+from . import queue_store as qs
+from .async_db import AsyncDB
+from .backoff import Backoff
+from .client import AUTH, OK, REJECT, TOO_LARGE, MoesifClient, PostResult
+
+logger = logging.getLogger(__name__)
+
+AUTH_PROBE_INTERVAL = 300.0
+_SPLIT_STATUSES = frozenset({400, 413})
+_TOO_OLD_REASON = "older than 30 days: Moesif accepts events up to 30 days old"
+_STATE_WRITE_INTERVAL = 1.0  # last_success_at / last_error: at most one write a second
+
+
+@dataclass
+class Outcome:
+    """What became of one claimed batch."""
+    sent: int = 0
+    dead_lettered: int = 0
+    released: List[int] = field(default_factory=list)  # ids given back after an error
+    acked: List[int] = field(default_factory=list)
+    error: Optional[str] = None  # the outcome constant of the failure, if any
+    to_ack: List[int] = field(default_factory=list)  # accepted, left for the caller to delete
+    success_at: Optional[float] = None  # to record with that deferred ack
+
+
+class Delivery:
+    def __init__(self, db: AsyncDB, client: MoesifClient, owner: str, *,
+                 backoff: Optional[Backoff] = None, auth_probe_interval: float = AUTH_PROBE_INTERVAL,
+                 max_event_age: float = qs.MAX_EVENT_AGE_S,
+                 on_config_etag: Optional[Callable[[str], None]] = None) -> None:
+        self.db = db
+        self.client = client
+        self.owner = owner
+        self.backoff = backoff or Backoff(1.0, 60.0)
+        self.auth_probe_interval = auth_probe_interval
+        self.max_event_age = max_event_age
+        self.on_config_etag = on_config_etag
+        self.paused_until = 0.0  # time.monotonic()
+        self.auth_blocked = False
+        self.errors = 0  # consecutive failed posts, reset by a success
+        self.failed_posts = 0  # every failed post, for the daemon's periodic log line
+        self._failing = False
+        self._last_success_write = 0.0
+        self._last_error_write = 0.0
+        self._too_old = 0
+        self._too_old_logged = -3600.0
+
+    def pause_remaining(self) -> float:
+        return max(0.0, self.paused_until - time.monotonic())
+
+    async def deliver(self, rows: Sequence[qs.Row], *, defer_ack: bool = False) -> Outcome:
+        """Post `rows`; with `defer_ack`, a batch accepted whole is not deleted here but
+        returned in `to_ack`, for the caller to delete together with its next claim."""
+        out = Outcome()
+        cutoff = time.time() - self.max_event_age
+        old = [r.id for r in rows if r.created_at < cutoff]
+        if old:
+            out.dead_lettered += await self.db.run(qs.dead_letter, self.owner, old, None, _TOO_OLD_REASON)
+            self._too_old += len(old)
+            if time.monotonic() - self._too_old_logged >= 60.0:  # a stale backlog: one line a minute
+                logger.warning("moved %d events older than 30 days to the dead letters", self._too_old)
+                self._too_old, self._too_old_logged = 0, time.monotonic()
+            rows = [r for r in rows if r.created_at >= cutoff]
+        stack = [list(rows)] if rows else []
+        whole = True
+        while stack:
+            part = stack.pop()
+            result = await self.client.post_events([r.body for r in part])
+            if result.config_etag and self.on_config_etag is not None:
+                self.on_config_etag(result.config_etag)
+            if result.outcome == OK:
+                await self._accepted(part, out, defer=defer_ack and whole)
+            elif result.outcome in (REJECT, TOO_LARGE) and result.status in _SPLIT_STATUSES:
+                if len(part) == 1:
+                    await self._reject_alone(part[0], result, out)
+                else:
+                    whole = False
+                    middle = len(part) // 2
+                    stack.append(part[middle:])
+                    stack.append(part[:middle])  # popped first: keep queue order
+            else:
+                ids = [r.id for p in [part, *stack] for r in p]
+                await self.db.run(qs.release, self.owner, ids)
+                out.released.extend(ids)
+                out.error = result.outcome
+                await self._failed(result)
+                return out
+        return out
+
+    async def _accepted(self, part: List[qs.Row], out: Outcome, defer: bool) -> None:
+        now = time.time()
+        success_at = None
+        if now - self._last_success_write >= _STATE_WRITE_INTERVAL:
+            self._last_success_write = now
+            success_at = now
+        ids = [r.id for r in part]
+        if defer:
+            out.to_ack, out.success_at = ids, success_at
+        else:
+            out.sent += await self.db.run(qs.ack, self.owner, ids, success_at=success_at)
+        out.acked.extend(ids)
+        if self._failing or self.auth_blocked:
+            logger.info("Moesif accepts events again after %d failed posts", self.errors)
+        self._failing = False
+        self.auth_blocked = False
+        self.errors = 0
+        self.backoff.reset()
+
+    async def _reject_alone(self, row: qs.Row, result: PostResult, out: Outcome) -> None:
+        reason = result.error or f"HTTP {result.status}"
+        out.dead_lettered += await self.db.run(qs.dead_letter, self.owner, [row.id], result.status, reason)
+        logger.warning("Moesif rejected event %s (%s); it was moved to the dead letters", row.transaction_id, reason)
+        self.failed_posts += 1
+        await self._record_error(result)
+
+    async def _failed(self, result: PostResult) -> None:
+        self.errors += 1
+        self.failed_posts += 1
+        now = time.monotonic()
+        if result.outcome == AUTH:
+            self.paused_until = max(self.paused_until, now + self.auth_probe_interval)
+            if not self.auth_blocked:
+                logger.error(
+                    "Moesif refused our application id (%s): check APPLICATION_ID and the subscription. "
+                    "Events are kept in the queue; sending is paused and probed again every %.0f s",
+                    result.error or result.status, self.auth_probe_interval)
+            self.auth_blocked = True
+        else:
+            # Batches failing together in one outage share one delay, so that the
+            # backoff grows per outage and not per batch in flight.
+            if now >= self.paused_until:
+                delay = self.backoff.next_delay(result.retry_after)
+                self.paused_until = now + delay
+            elif result.retry_after:
+                self.paused_until = max(self.paused_until, now + result.retry_after)
+            if not self._failing:
+                logger.warning("posting events to Moesif failed (%s); events stay queued, retrying with backoff",
+                               result.error or result.status)
+            else:
+                logger.debug("post failed again (%s); next try in %.1f s", result.error, self.pause_remaining())
+            self._failing = True
+        await self._record_error(result)
+
+    async def _record_error(self, result: PostResult) -> None:
+        now = time.time()
+        if now - self._last_error_write < _STATE_WRITE_INTERVAL:
+            return
+        self._last_error_write = now
+        value = json.dumps({"at": now, "outcome": result.outcome, "status": result.status, "error": result.error})
+        try:
+            await self.db.run(qs.kv_set, qs.KV_LAST_ERROR, value)
+        except Exception as exc:  # bookkeeping only: never lose the batch over it
+            logger.debug("cannot record last_error: %s", exc)

@@ -1,0 +1,156 @@
+"""The embedded flusher: one background task per worker process and queue file.
+
+The middleware calls `ensure_started(settings)` on lifespan startup and on every
+request (apps without lifespan), from inside the running event loop, and
+`await stop_embedded()` on lifespan shutdown. Every worker's task competes for the
+queue file's lease; the one that holds it drains, the others only check the lease
+every few seconds.
+
+Fork safety: nothing is created at import; state is per process. A child forked
+from a process that already started a flusher (gunicorn --preload, multiprocessing)
+starts its own: the inherited task, thread and SQLite connection belong to the
+parent and are never touched again.
+
+Nothing here may raise into the app: a failure is logged once and the app carries on.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
+
+if TYPE_CHECKING:  # the middleware imports this module: keep that import light and acyclic
+    from moesifasgi.settings import Settings
+
+    from .flusher import Flusher, FlusherOptions
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ensure_started", "stop_embedded", "running_flushers"]
+
+
+@dataclass
+class _Entry:
+    flusher: Optional[Flusher]  # None when FLUSHER="external"
+    task: "Optional[asyncio.Task[None]]"
+    loop: Optional[asyncio.AbstractEventLoop]
+
+
+# queue path -> this process's flusher. The request path only does a membership
+# test on it, so it must never hold entries inherited from a parent process.
+_active: Dict[str, _Entry] = {}
+_owner_pid: Optional[int] = None
+_inherited: List[_Entry] = []  # kept referenced so their objects are never finalized here
+_logged: Set[str] = set()
+_fork_hook_installed = False
+
+
+def ensure_started(settings: Settings, options: Optional[FlusherOptions] = None) -> None:
+    """Start this process's flusher for `settings.queue_path` unless it runs already.
+
+    Cheap after the first call (one dict lookup). Does nothing but remember the
+    path when `settings.flusher == "external"`.
+    """
+    if settings.queue_path in _active:
+        return
+    _start(settings, options)
+
+
+def _start(settings: Settings, options: Optional[FlusherOptions]) -> None:
+    try:
+        _forget_parent_state()
+        path = settings.queue_path
+        if settings.flusher == "external":
+            _active[path] = _Entry(None, None, None)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _log_once("no-loop", "moesifasgi: ensure_started() was called outside an event loop; "
+                                 "the embedded flusher will start on the next call from inside one",
+                      level=logging.WARNING)
+            return
+        from .flusher import Flusher, FlusherOptions
+
+        opts = options or FlusherOptions(batch_size=settings.batch_size, concurrency=settings.flush_concurrency)
+        flusher = Flusher(path, settings.application_id, settings.base_uri, opts)
+        task = loop.create_task(_supervise(flusher), name=f"moesif-flusher:{path}")
+        entry = _active[path] = _Entry(flusher, task, loop)
+        # When the loop ends (tests, servers that restart their loop), the next
+        # call from a new loop starts a new flusher.
+        task.add_done_callback(lambda _task: _active.pop(path) if _active.get(path) is entry else None)
+    except Exception:
+        _log_once("start", "moesifasgi: cannot start the embedded flusher; events stay queued", exc_info=True)
+
+
+def _forget_parent_state() -> None:
+    global _owner_pid, _fork_hook_installed
+    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+        # Clears the map in a child right after fork, before any request can see a
+        # parent's entry; the pid check below covers forks that skip the hook.
+        os.register_at_fork(after_in_child=_after_fork)
+        _fork_hook_installed = True
+    if _owner_pid != os.getpid():
+        _after_fork()
+
+
+def _after_fork() -> None:
+    global _owner_pid
+    _inherited.extend(_active.values())
+    _active.clear()
+    _logged.clear()
+    _owner_pid = os.getpid()
+
+
+async def _supervise(flusher: Flusher) -> None:
+    try:
+        await flusher.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        _log_once("run", "moesifasgi: the embedded flusher stopped on an error; events stay queued",
+                  exc_info=True)
+    finally:
+        try:
+            await asyncio.shield(flusher.aclose())
+        except BaseException:  # closing is best effort, even when cancelled again
+            pass
+
+
+async def stop_embedded(timeout: float = 5.0) -> None:
+    """Stop this process's flushers running on the current loop: in-flight batches
+    finish or are released and the lease is released, within about `timeout` seconds."""
+    try:
+        if _owner_pid != os.getpid():
+            return
+        loop = asyncio.get_running_loop()
+        entries = [(path, e) for path, e in _active.items() if e.flusher is not None and e.loop is loop]
+        for path, entry in entries:
+            _active.pop(path, None)
+        stops = [entry.flusher.stop(timeout) for _, entry in entries if entry.flusher is not None]
+        if stops:
+            await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), timeout + 1.0)
+        for _, entry in entries:
+            if entry.task is not None and not entry.task.done():
+                entry.task.cancel()
+        tasks = [e.task for _, e in entries if e.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    except Exception:
+        _log_once("stop", "moesifasgi: stopping the embedded flusher failed", exc_info=True)
+
+
+def running_flushers() -> Dict[str, Flusher]:
+    """This process's embedded flushers by queue path (for tests and diagnostics)."""
+    if _owner_pid != os.getpid():
+        return {}
+    return {path: e.flusher for path, e in _active.items() if e.flusher is not None}
+
+
+def _log_once(key: str, message: str, exc_info: bool = False, level: int = logging.ERROR) -> None:
+    if key in _logged:
+        return
+    _logged.add(key)
+    logger.log(level, message, exc_info=exc_info)

@@ -1,0 +1,234 @@
+"""The flusher: compete for the lease, drain the queue while leader, keep the config fresh.
+
+    flusher = Flusher("/var/lib/app/queue.sqlite", "APP_ID")
+    task = asyncio.create_task(flusher.run())   # daemon or embedded
+    ...
+    await flusher.stop(timeout=8)               # in-flight batches finish or are released
+
+`drain()` empties the queue without the lease (claims keep it safe next to a
+running leader) and is what `moesif-flush drain` and `force_flush` use.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import httpx
+
+from . import queue_store as qs
+from .async_db import AsyncDB
+from .backoff import Backoff
+from .client import DEFAULT_BASE_URI, MoesifClient
+from .delivery import AUTH_PROBE_INTERVAL, Delivery
+from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
+from .pump import CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
+from .remote_config import CONFIG_INTERVAL, MIN_FETCH_GAP, RemoteConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DrainStats", "Flusher", "FlusherOptions"]
+
+
+@dataclass(frozen=True)
+class FlusherOptions:
+    batch_size: int = 25
+    concurrency: int = 4
+    lease_seconds: float = LEASE_SECONDS
+    renew_interval: float = RENEW_INTERVAL
+    claim_seconds: float = CLAIM_SECONDS
+    idle_poll: float = IDLE_POLL
+    config_interval: float = CONFIG_INTERVAL
+    config_min_gap: float = MIN_FETCH_GAP
+    auth_probe_interval: float = AUTH_PROBE_INTERVAL
+    max_event_age: float = qs.MAX_EVENT_AGE_S
+    max_batch_bytes: int = qs.MAX_BATCH_BYTES
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    shutdown_grace: float = 5.0
+    db_in_loop: bool = False  # see AsyncDB: only where the loop belongs to the flusher
+
+
+class Flusher:
+    def __init__(self, queue_path: str, application_id: str, base_uri: str = DEFAULT_BASE_URI,
+                 options: Optional[FlusherOptions] = None, *,
+                 transport: Optional[httpx.AsyncBaseTransport] = None) -> None:
+        self.options = opts = options or FlusherOptions()
+        self.queue_path = queue_path
+        self.lease = Lease(duration=opts.lease_seconds)
+        self.owner = self.lease.owner
+        self.db = AsyncDB(queue_path, in_loop=opts.db_in_loop)
+        # Room for every batch in flight plus the config poll.
+        self.client = MoesifClient(application_id, base_uri, transport=transport,
+                                   max_connections=opts.concurrency + 2)
+        self.remote_config = RemoteConfig(self.db, self.client, interval=opts.config_interval,
+                                          min_gap=opts.config_min_gap)
+        self.delivery = Delivery(
+            self.db, self.client, self.owner,
+            backoff=Backoff(opts.backoff_initial, max(opts.backoff_max, opts.backoff_initial)),
+            auth_probe_interval=opts.auth_probe_interval, max_event_age=opts.max_event_age,
+            on_config_etag=self.remote_config.note_etag)
+        self.is_leader = False
+        self._sent_before = 0  # by pumps that finished
+        self._pump: Optional[Pump] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._running: Optional["asyncio.Future[None]"] = None
+        self._draining: Optional[Pump] = None
+
+    # -- introspection ----------------------------------------------------------
+
+    @property
+    def sent(self) -> int:
+        """Events accepted by Moesif through this flusher since it was created."""
+        return self._sent_before + (self._pump.sent if self._pump else 0)
+
+    @property
+    def failed_posts(self) -> int:
+        return self.delivery.failed_posts
+
+    # -- the leader loop ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Compete for the lease and drain while leader, until `stop()`."""
+        self._stop = asyncio.Event()
+        self._running = asyncio.current_task()
+        failing = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    acquired = await self.db.run(self.lease.try_acquire)
+                    failing = False
+                except Exception as exc:
+                    # Once per episode: a broken path would otherwise log every few seconds.
+                    log = logger.debug if failing else logger.warning
+                    log("cannot use the queue file %s (%s); events stay queued, retrying", self.queue_path, exc)
+                    failing, acquired = True, None
+                if acquired is not None and acquired.leader:
+                    await self._lead(acquired.previous_owner)
+                else:
+                    await self._wait_stop(self.options.renew_interval)
+        finally:
+            await self._give_up_lease()
+
+    async def _lead(self, previous_owner: Optional[str]) -> None:
+        self.is_leader = True
+        logger.info("this process (%s) now drains the Moesif queue %s", self.owner, self.queue_path)
+        if previous_owner and owner_is_dead(previous_owner):
+            # The old leader died (kill -9): its claims would otherwise hide its
+            # batches until they expire.
+            try:
+                released = await self.db.run(qs.release, previous_owner, None)
+            except Exception as exc:  # they come back when the claims expire
+                logger.warning("could not take back the dead leader's claims: %s", exc)
+                released = 0
+            if released:
+                logger.info("took back %d events claimed by the dead leader %s", released, previous_owner)
+        pump = self._pump = self._new_pump()
+        config_task = asyncio.ensure_future(self.remote_config.run())
+        pump_task = asyncio.ensure_future(pump.run(grace=self.options.shutdown_grace))
+        try:
+            assert self._stop is not None
+            while not self._stop.is_set() and not pump_task.done():
+                await self._wait_stop(self.options.renew_interval, pump_task)
+                if self._stop.is_set() or pump_task.done():
+                    break
+                try:
+                    still_leader = await self.db.run(self.lease.renew)
+                except Exception as exc:
+                    # Keep draining: the claims protect the rows, and we retry the
+                    # renewal before the lease can expire.
+                    logger.warning("cannot renew the flusher lease: %s", exc)
+                    continue
+                if not still_leader:
+                    logger.warning("another process took over the flusher lease; stopping to drain")
+                    break
+        finally:
+            pump.request_stop()
+            try:
+                await pump_task
+            finally:
+                config_task.cancel()
+                await asyncio.gather(config_task, return_exceptions=True)
+                self._sent_before += pump.sent
+                self._pump = None
+                self.is_leader = False
+
+    def _new_pump(self) -> Pump:
+        o = self.options
+        return Pump(self.db, self.delivery, self.owner, batch_size=o.batch_size, concurrency=o.concurrency,
+                    claim_seconds=o.claim_seconds, idle_poll=o.idle_poll, max_batch_bytes=o.max_batch_bytes)
+
+    async def _wait_stop(self, seconds: float, also: "Optional[asyncio.Future[None]]" = None) -> None:
+        assert self._stop is not None
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([stop] + ([also] if also else []), timeout=seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+
+    async def _give_up_lease(self) -> None:
+        try:
+            await asyncio.shield(self.db.run(self.lease.release))
+        except Exception as exc:  # it expires on its own within lease_seconds
+            logger.debug("could not release the flusher lease: %s", exc)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop claiming, let in-flight batches finish (or release them), release the lease."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._pump is not None:
+            self._pump.grace = max(0.1, timeout - 1.0)
+            self._pump.request_stop()
+        running = self._running
+        if running is not None and not running.done() and running is not asyncio.current_task():
+            done, _ = await asyncio.wait([running], timeout=timeout)
+            if not done:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.db.close()
+
+    # -- one-off draining -----------------------------------------------------------
+
+    async def drain(self, max_seconds: Optional[float] = None,
+                    progress: Optional[Callable[[int], None]] = None) -> DrainStats:
+        """Post everything pending now; stop early at `max_seconds` or on an auth error."""
+        started = time.monotonic()
+        deadline = None if max_seconds is None else started + max_seconds
+        pump = self._draining = self._new_pump()
+        reporter = asyncio.ensure_future(self._report(pump, progress)) if progress else None
+        try:
+            await pump.run(until_empty=True, deadline=deadline, grace=self.options.shutdown_grace)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+            self._sent_before += pump.sent
+            self._draining = None
+        if progress is not None:
+            progress(pump.sent + pump.dead_lettered)
+        remaining = await self.db.run(qs.pending)
+        return pump.stats(remaining, time.monotonic() - started)
+
+    def interrupt_drain(self) -> None:
+        """Make a running `drain()` stop claiming and return (signal handlers call this)."""
+        if self._draining is not None:
+            self._draining.last_error = "interrupted"
+            self._draining.request_stop()
+
+    @staticmethod
+    async def _report(pump: Pump, progress: Callable[[int], None]) -> None:
+        while True:
+            progress(pump.sent + pump.dead_lettered)
+            await asyncio.sleep(0.2)
+
+    async def force_flush(self, timeout: float = 5.0) -> bool:
+        """Drain for at most `timeout` seconds; True when nothing is left pending."""
+        stats = await self.drain(timeout)
+        return stats.remaining == 0

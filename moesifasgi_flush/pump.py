@@ -1,0 +1,218 @@
+"""Several batches in flight: N workers that claim a batch, deliver it, repeat.
+
+One batch per tick would cap the drain rate at one round trip per batch; with N
+workers the round trips overlap while the database thread and gzip keep the CPU
+busy. Memory stays at N batches whatever the backlog: rows are read from the
+file only when a worker claims them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set, Tuple
+
+from . import queue_store as qs
+from .async_db import AsyncDB
+from .client import AUTH
+from .delivery import Delivery
+
+logger = logging.getLogger(__name__)
+
+# Longer than any single post can take with the client's timeouts (connect 5 s +
+# write 30 s + read 30 s + pool 10 s), so a claim never expires under a live post.
+CLAIM_SECONDS = 120.0
+IDLE_POLL = 0.1
+
+
+@dataclass
+class DrainStats:
+    sent: int = 0
+    dead_lettered: int = 0
+    failed: int = 0  # events dead-lettered plus events still queued after a failed post
+    remaining: int = 0  # events pending in the queue file at the end (any process's)
+    error: Optional[str] = None  # why the drain stopped early: "auth", "retry", "deadline"
+    elapsed: float = 0.0
+
+
+class Pump:
+    def __init__(self, db: AsyncDB, delivery: Delivery, owner: str, *, batch_size: int = 25,
+                 concurrency: int = 4, claim_seconds: float = CLAIM_SECONDS, idle_poll: float = IDLE_POLL,
+                 max_batch_bytes: int = qs.MAX_BATCH_BYTES) -> None:
+        self.db = db
+        self.delivery = delivery
+        self.owner = owner
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.claim_seconds = claim_seconds
+        self.idle_poll = idle_poll
+        self.max_batch_bytes = max_batch_bytes
+        self.sent = 0
+        self.dead_lettered = 0
+        self.failed_ids: Set[int] = set()
+        self.last_error: Optional[str] = None
+        self._holding: Dict[int, List[int]] = {}  # worker number -> ids it has claimed
+        # worker number -> (ids Moesif accepted, success time): deleted with the next claim
+        self._to_ack: Dict[int, Tuple[List[int], Optional[float]]] = {}
+        self._stopping = asyncio.Event()
+        self._until_empty = False
+        self._deadline: Optional[float] = None
+        self.grace = 5.0  # seconds in-flight posts get after a stop (the owner may lower it)
+
+    def request_stop(self) -> None:
+        """Stop claiming; batches in flight finish on their own."""
+        self._stopping.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(ids) for ids in self._holding.values())
+
+    async def run(self, *, until_empty: bool = False, deadline: Optional[float] = None,
+                  grace: Optional[float] = None) -> None:
+        """Work until stopped (or the queue is empty, or `deadline` on time.monotonic()).
+
+        After a stop, in-flight posts get `grace` seconds; the claims of those
+        still running then are released so another drainer can take them at once.
+        """
+        self._until_empty, self._deadline = until_empty, deadline
+        if grace is not None:
+            self.grace = grace
+        workers = [asyncio.ensure_future(self._worker(n)) for n in range(self.concurrency)]
+        try:
+            await self._wait_stop(workers)
+            self._stopping.set()
+            done, running = await asyncio.wait(workers, timeout=self.grace)
+        except asyncio.CancelledError:
+            running = set(workers)
+            self._stopping.set()
+            await self._cancel(running)
+            raise
+        await self._cancel(running)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("a flusher worker failed", exc_info=task.exception())
+
+    async def _wait_stop(self, workers: List["asyncio.Future[None]"]) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            await asyncio.wait([stop, *workers], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not self._stopping.is_set() and self._deadline is not None and time.monotonic() >= self._deadline:
+                self.last_error = self.last_error or "deadline"
+        finally:
+            stop.cancel()
+
+    async def _cancel(self, running: "set[asyncio.Future[None]]") -> None:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        for number in list(self._to_ack):
+            await asyncio.shield(self._flush_ack(number))
+        held = [i for ids in self._holding.values() for i in ids]
+        self._holding.clear()
+        if held:
+            try:
+                await asyncio.shield(self.db.run(qs.release, self.owner, held))
+            except Exception as exc:  # they come back anyway when the claim expires
+                logger.warning("could not release %d claimed events: %s", len(held), exc)
+
+    def _should_stop(self) -> bool:
+        if self._stopping.is_set():
+            return True
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.last_error = self.last_error or "deadline"
+            return True
+        return False
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _worker(self, number: int) -> None:
+        delivery = self.delivery
+        while not self._should_stop():
+            pause = delivery.pause_remaining()
+            if pause > 0:
+                await self._flush_ack(number)
+                if self._until_empty and delivery.auth_blocked:
+                    # Waiting minutes for a probe is the daemon's job, not drain's.
+                    self.last_error = AUTH
+                    self._stopping.set()
+                    break
+                await self._sleep(min(pause, 0.5))
+                continue
+            try:
+                await self._one_batch(number)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A database hiccup (locked past the busy timeout, disk full) must
+                # not kill the worker: the claimed rows come back when released or
+                # expired, and we try again a moment later.
+                logger.exception("flushing a batch failed; retrying shortly")
+                await self._release_held(number)
+                await self._sleep(1.0)
+        await self._flush_ack(number)
+
+    async def _one_batch(self, number: int) -> None:
+        ack_ids, success_at = self._to_ack.get(number, ((), None))
+        acked, rows = await self.db.run(qs.ack_and_claim, self.owner, ack_ids, self.batch_size, self.claim_seconds,
+                                        max_bytes=self.max_batch_bytes, success_at=success_at)
+        self._to_ack.pop(number, None)
+        self.sent += acked
+        if not rows:
+            if self._until_empty and not self._holding and self.delivery.pause_remaining() == 0:
+                self._stopping.set()
+                return
+            await self._idle()
+            return
+        # Cancelled mid-post, the ids stay here for _cancel to release.
+        self._holding[number] = [r.id for r in rows]
+        outcome = await self.delivery.deliver(rows, defer_ack=True)
+        del self._holding[number]
+        if outcome.to_ack:
+            self._to_ack[number] = (outcome.to_ack, outcome.success_at)
+        self.sent += outcome.sent
+        self.dead_lettered += outcome.dead_lettered
+        if outcome.released:
+            self.last_error = outcome.error
+            if self._until_empty:  # only a drain reports them; a daemon would hoard ids
+                self.failed_ids.update(outcome.released)
+        if self.failed_ids:
+            self.failed_ids.difference_update(outcome.acked)
+
+    async def _flush_ack(self, number: int) -> None:
+        pending = self._to_ack.pop(number, None)
+        if pending:
+            try:
+                self.sent += await self.db.run(qs.ack, self.owner, pending[0], success_at=pending[1])
+            except Exception as exc:  # re-posted after the claim expires; Moesif drops the copies
+                logger.warning("could not delete %d events Moesif accepted: %s", len(pending[0]), exc)
+
+    async def _release_held(self, number: int) -> None:
+        ids = self._holding.pop(number, None)
+        if ids:
+            try:
+                await self.db.run(qs.release, self.owner, ids)
+            except Exception as exc:
+                logger.warning("could not release %d claimed events (they return when the claim expires): %s",
+                               len(ids), exc)
+
+    async def _idle(self) -> None:
+        # A read-only look every IDLE_POLL: an idle flusher must not keep taking
+        # the write lock that the web workers' writers need.
+        while not self._should_stop():
+            await self._sleep(self.idle_poll)
+            if self._holding and self._until_empty:
+                return  # a failing batch may come back: look again soon
+            if await self.db.run(qs.has_claimable):
+                return
+
+    def stats(self, remaining: int, elapsed: float) -> DrainStats:
+        failed = self.dead_lettered + len(self.failed_ids)
+        error = self.last_error if (self.failed_ids or self.last_error in (AUTH, "deadline")) else None
+        return DrainStats(self.sent, self.dead_lettered, failed, remaining, error, elapsed)

@@ -1,0 +1,259 @@
+"""The flusher's operations on the shared queue file: claim, ack, release, dead-letter.
+
+Plain synchronous functions over one `sqlite3.Connection` (autocommit, opened with
+`moesifasgi.storage.connect`), so the CLI calls them directly and the flusher runs
+them on its database thread (`async_db.AsyncDB`). Every write happens inside
+`BEGIN IMMEDIATE` so that two processes never interleave a read-then-write.
+
+A row is claimed by setting `claimed_by`/`claimed_until`; a claim hides the row from
+every other drainer until it expires, which is how two drainers never post the same
+event at once and how the rows of a crashed drainer come back. Rows are deleted only
+after Moesif answered 2xx, and only while the claim is still ours.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+from moesifasgi.storage import immediate
+
+# Moesif refuses batches over 50 MB whatever the compression; the brackets and
+# commas of the joined array count too.
+MAX_BATCH_BYTES = 50 * 1000 * 1000
+# Moesif accepts events up to 30 days old.
+MAX_EVENT_AGE_S = 30 * 24 * 3600.0
+
+KV_CONFIG = "config"
+KV_RULES = "rules"
+KV_CONFIG_ETAG = "config_etag"
+KV_LAST_SUCCESS = "last_success_at"
+KV_LAST_ERROR = "last_error"
+
+
+class Row(NamedTuple):
+    id: int
+    transaction_id: str
+    created_at: float
+    body: str
+
+
+# The running total needs the bytes of each body: CAST to BLOB gives the UTF-8
+# length where length() of TEXT counts characters. The first row is always taken,
+# so a single oversized row still moves (and is isolated by Moesif's 413).
+_CLAIM_SQL = """
+UPDATE events SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM (
+        SELECT id,
+               ROW_NUMBER() OVER (ORDER BY id) AS n,
+               SUM(length(CAST(body AS BLOB)) + 1) OVER (ORDER BY id) AS running
+        FROM (SELECT id, body FROM events WHERE claimed_until < ? ORDER BY id LIMIT ?)
+    ) WHERE n = 1 OR running <= ?
+)
+RETURNING id, transaction_id, created_at, body
+"""
+
+
+def _ids_json(ids: Iterable[int]) -> str:
+    # json_each() binds any number of ids as one parameter (no IN (?, ?, ...) limit).
+    return json.dumps(list(ids))
+
+
+def claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: float, *,
+          max_bytes: int = MAX_BATCH_BYTES, now: Optional[float] = None) -> List[Row]:
+    """Claim up to `limit` unclaimed (or expired) events, oldest first, within `max_bytes`."""
+    with immediate(conn):
+        return _claim(conn, owner, limit, claim_seconds, max_bytes, now)
+
+
+def ack_and_claim(conn: sqlite3.Connection, owner: str, ack_ids: Sequence[int], limit: int,
+                  claim_seconds: float, *, max_bytes: int = MAX_BATCH_BYTES,
+                  success_at: Optional[float] = None) -> Tuple[int, List[Row]]:
+    """`ack` the batch just accepted and `claim` the next one in a single transaction.
+
+    A worker does both back to back; one transaction and one thread hop instead
+    of two is a measurable share of the drain rate. Returns (acked, claimed rows).
+    """
+    with immediate(conn):
+        acked = _ack(conn, owner, ack_ids, success_at) if ack_ids else 0
+        return acked, _claim(conn, owner, limit, claim_seconds, max_bytes, None)
+
+
+def _claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: float, max_bytes: int,
+           now: Optional[float]) -> List[Row]:
+    now = time.time() if now is None else now
+    rows = conn.execute(_CLAIM_SQL, (owner, now + claim_seconds, now, limit, max_bytes - 1)).fetchall()
+    rows.sort()  # RETURNING gives no order guarantee
+    return [Row(*r) for r in rows]
+
+
+def has_claimable(conn: sqlite3.Connection, now: Optional[float] = None) -> bool:
+    """A cheap read-only look, so that an idle flusher does not take the write lock."""
+    now = time.time() if now is None else now
+    return conn.execute("SELECT 1 FROM events WHERE claimed_until < ? LIMIT 1", (now,)).fetchone() is not None
+
+
+def ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], *,
+        success_at: Optional[float] = None) -> int:
+    """Delete events Moesif accepted (only those still claimed by `owner`); count them as sent."""
+    with immediate(conn):
+        return _ack(conn, owner, ids, success_at)
+
+
+def _ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], success_at: Optional[float]) -> int:
+    deleted = conn.execute(
+        "DELETE FROM events WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
+        (owner, _ids_json(ids)),
+    ).rowcount
+    if deleted:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (deleted,))
+    if success_at is not None:
+        _kv_upsert(conn, KV_LAST_SUCCESS, repr(success_at), success_at)
+    return deleted
+
+
+def release(conn: sqlite3.Connection, owner: str, ids: Optional[Sequence[int]] = None) -> int:
+    """Give claimed events back to the queue (all of `owner`'s when `ids` is None)."""
+    with immediate(conn):
+        if ids is None:
+            cur = conn.execute("UPDATE events SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by = ?", (owner,))
+        else:
+            cur = conn.execute(
+                "UPDATE events SET claimed_by = NULL, claimed_until = 0 "
+                "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
+                (owner, _ids_json(ids)),
+            )
+        return cur.rowcount
+
+
+def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status: Optional[int],
+                reason: str, *, now: Optional[float] = None) -> int:
+    """Move claimed events to the dead-letter table with the status and reason."""
+    now = time.time() if now is None else now
+    ids_json = _ids_json(ids)
+    with immediate(conn):
+        moved = conn.execute(
+            "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at) "
+            "SELECT transaction_id, created_at, body, ?, ?, ? FROM events "
+            "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (status, reason, now, owner, ids_json),
+        ).rowcount
+        conn.execute("DELETE FROM events WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
+                     (owner, ids_json))
+        if moved:
+            conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dead_lettered'", (moved,))
+    return moved
+
+
+def _where_ids(ids: Optional[Sequence[int]]) -> tuple:
+    if ids is None:
+        return "", ()
+    return " WHERE id IN (SELECT value FROM json_each(?))", (_ids_json(ids),)
+
+
+def requeue_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:
+    """Put dead letters (all, or those ids) back in the queue, keeping their transaction ids."""
+    where, params = _where_ids(ids)
+    with immediate(conn):
+        moved = conn.execute(
+            "INSERT INTO events (transaction_id, created_at, body) "
+            f"SELECT transaction_id, created_at, body FROM dead_letters{where} ORDER BY id",
+            params,
+        ).rowcount
+        conn.execute(f"DELETE FROM dead_letters{where}", params)
+    return moved
+
+
+def purge_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:
+    where, params = _where_ids(ids)
+    with immediate(conn):
+        return conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
+
+
+def list_dead_letters(conn: sqlite3.Connection, limit: int = 50) -> List[Dict[str, Any]]:
+    cur = conn.execute(
+        "SELECT id, transaction_id, created_at, status, reason, failed_at, length(body) "
+        "FROM dead_letters ORDER BY id LIMIT ?", (limit,))
+    keys = ("id", "transaction_id", "created_at", "status", "reason", "failed_at", "body_chars")
+    return [dict(zip(keys, row)) for row in cur.fetchall()]
+
+
+def peek(conn: sqlite3.Connection, n: int = 10, now: Optional[float] = None) -> List[Dict[str, Any]]:
+    """The next `n` events in queue order, with their parsed JSON."""
+    now = time.time() if now is None else now
+    cur = conn.execute(
+        "SELECT id, transaction_id, created_at, attempts, claimed_until, body FROM events ORDER BY id LIMIT ?", (n,))
+    result = []
+    for id_, tid, created_at, attempts, claimed_until, body in cur.fetchall():
+        try:
+            event: Any = json.loads(body)
+        except ValueError:
+            event = body
+        result.append({"id": id_, "transaction_id": tid, "created_at": created_at, "attempts": attempts,
+                       "in_flight": claimed_until >= now, "event": event})
+    return result
+
+
+def counters(conn: sqlite3.Connection) -> Dict[str, int]:
+    return {name: int(value) for name, value in conn.execute("SELECT name, value FROM counters")}
+
+
+def pending(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def scan_stats(conn: sqlite3.Connection, now: Optional[float] = None) -> Tuple[int, Optional[float]]:
+    """(events claimed right now, age in seconds of the oldest pending event).
+
+    One full scan: there is no index on claimed_until or created_at (either would
+    slow every insert of the web workers), which is fine for `status`, not for a
+    hot loop. Requeued dead letters keep their old created_at, so the lowest id
+    is not necessarily the oldest event.
+    """
+    now = time.time() if now is None else now
+    claimed, oldest = conn.execute(
+        "SELECT COALESCE(SUM(claimed_until >= ?), 0), MIN(created_at) FROM events", (now,)).fetchone()
+    return int(claimed), None if oldest is None else max(0.0, now - oldest)
+
+
+def dead_letter_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+
+
+# -- kv ---------------------------------------------------------------------------
+
+def _kv_upsert(conn: sqlite3.Connection, key: str, value: str, now: float) -> None:
+    # Workers notice a new config by its updated_at: it moves only when the value
+    # changes, and always forward even if two writes share a clock tick.
+    conn.execute(
+        "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+        "updated_at = max(excluded.updated_at, kv.updated_at + 0.000001) "
+        "WHERE kv.value IS NOT excluded.value",
+        (key, value, now),
+    )
+
+
+def kv_set(conn: sqlite3.Connection, key: str, value: str, *, now: Optional[float] = None) -> None:
+    with immediate(conn):
+        _kv_upsert(conn, key, value, time.time() if now is None else now)
+
+
+def kv_set_many(conn: sqlite3.Connection, items: Dict[str, str], *, now: Optional[float] = None) -> None:
+    now = time.time() if now is None else now
+    with immediate(conn):
+        for key, value in items.items():
+            _kv_upsert(conn, key, value, now)
+
+
+def kv_get(conn: sqlite3.Connection, key: str) -> Optional[str]:
+    row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def kv_get_with_time(conn: sqlite3.Connection, key: str) -> Optional[tuple]:
+    row = conn.execute("SELECT value, updated_at FROM kv WHERE key = ?", (key,)).fetchone()
+    return None if row is None else (row[0], row[1])

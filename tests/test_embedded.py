@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import timeit
+
+import pytest
+
+from moesifasgi.settings import parse_settings
+from moesifasgi_flush import embedded
+from moesifasgi_flush.local_collector import LocalCollector
+from tests.flush_support import APP_ID, FAST, eventually, insert_events, query
+
+
+@pytest.fixture
+def collector():
+    with LocalCollector(application_id=APP_ID) as c:
+        yield c
+
+
+def settings_for(path, base_uri, **extra):
+    return parse_settings({"APPLICATION_ID": APP_ID, "QUEUE_PATH": path, "BASE_URI": base_uri, "FLUSHER": "embedded",
+                           **extra})
+
+
+async def test_the_first_call_starts_one_flusher_that_drains_and_later_calls_are_cheap(tmp_path, collector):
+    path = str(tmp_path / "q.sqlite")
+    settings = settings_for(path, collector.url)
+    tids = insert_events(path, 40)
+    embedded.ensure_started(settings, FAST)
+    first = embedded.running_flushers()[path]
+    embedded.ensure_started(settings, FAST)
+    assert embedded.running_flushers() == {path: first}
+    per_call = min(timeit.repeat(lambda: embedded.ensure_started(settings), number=20000, repeat=3)) / 20000
+    assert per_call < 1e-6  # ~100 ns on an idle machine; generous for a loaded CI
+    assert await eventually(lambda: collector.distinct_transaction_ids() == set(tids))
+    await embedded.stop_embedded()
+    assert embedded.running_flushers() == {}
+    assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
+
+
+async def test_nothing_drains_in_a_worker_when_the_flusher_is_external(tmp_path, collector):
+    path = str(tmp_path / "q.sqlite")
+    insert_events(path, 5)
+    embedded.ensure_started(settings_for(path, collector.url, FLUSHER="external"), FAST)
+    await asyncio.sleep(0.3)
+    assert embedded.running_flushers() == {}
+    assert collector.event_count == 0 and query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
+    await embedded.stop_embedded()
+
+
+async def test_a_broken_queue_path_never_raises_into_the_app(tmp_path, collector, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = settings_for(str(blocker / "q.sqlite"), collector.url)
+    with caplog.at_level(logging.WARNING, logger="moesifasgi_flush"):
+        embedded.ensure_started(settings, FAST)  # the directory cannot exist: a file is in the way
+        await asyncio.sleep(1.0)  # several lease attempts, each failing
+        embedded.ensure_started(settings, FAST)
+        await embedded.stop_embedded(timeout=1)
+    warnings = [r for r in caplog.records if "cannot use the queue file" in r.getMessage()]
+    assert len(warnings) == 1 and str(blocker) in warnings[0].getMessage()
+
+
+def test_called_outside_an_event_loop_it_logs_and_carries_on(tmp_path):
+    embedded.ensure_started(settings_for(str(tmp_path / "q.sqlite"), "http://127.0.0.1:9"), FAST)
+    assert embedded.running_flushers() == {}
+
+
+def _child_owner(path: str, base_uri: str, results) -> None:
+    async def main():
+        embedded.ensure_started(settings_for(path, base_uri), FAST)
+        flusher = embedded.running_flushers()[path]
+        results.put((os.getpid(), flusher.owner))
+        await embedded.stop_embedded()
+
+    asyncio.run(main())
+
+
+async def test_a_forked_worker_starts_its_own_flusher_instead_of_using_the_parents(tmp_path, collector):
+    path = str(tmp_path / "q.sqlite")
+    embedded.ensure_started(settings_for(path, collector.url), FAST)
+    parent_owner = embedded.running_flushers()[path].owner
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_child_owner, args=(path, collector.url, results))
+    child.start()
+    pid, owner = results.get(timeout=10)
+    child.join(10)
+    await embedded.stop_embedded()
+    assert child.exitcode == 0
+    assert owner != parent_owner and owner.split(":")[-2] == str(pid)
+
+
+def _embedded_worker(path: str, base_uri: str, seconds: float, results) -> None:
+    async def main():
+        embedded.ensure_started(settings_for(path, base_uri), FAST)
+        flusher = embedded.running_flushers()[path]
+        await asyncio.sleep(seconds)
+        await embedded.stop_embedded()
+        results.put((os.getpid(), flusher.sent))
+
+    asyncio.run(main())
+
+
+def test_of_several_worker_processes_exactly_one_leads_and_every_event_arrives_once(tmp_path, collector):
+    path = str(tmp_path / "q.sqlite")
+    tids = insert_events(path, 300)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    workers = [ctx.Process(target=_embedded_worker, args=(path, collector.url, 3.0, results)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    assert collector.wait_for(300, timeout=10)
+    sent = dict(results.get(timeout=10) for _ in workers)
+    for w in workers:
+        w.join(10)
+    assert sorted(sent.values()) == [0, 0, 300]
+    assert collector.distinct_transaction_ids() == set(tids) and collector.duplicates() == 0
+    assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
+    assert all(w.exitcode == 0 for w in workers)
