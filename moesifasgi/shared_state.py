@@ -12,6 +12,7 @@ import sqlite3
 import time
 from typing import Any, Optional
 
+from .governance import GovernanceRules
 from .sampling import SamplingConfig
 
 logger = logging.getLogger("moesifasgi")
@@ -27,6 +28,9 @@ class SharedState:
         self.sampling: Optional[SamplingConfig] = None
         self.config: Optional[dict] = None
         self.rules: Optional[Any] = None
+        # Compiled from rules + config; None when there are no rules, so the
+        # request path only tests it for None.
+        self.governance: Optional[GovernanceRules] = None
         self._next_refresh = 0.0
         self._seen: dict = {}
 
@@ -38,6 +42,7 @@ class SharedState:
         rows = conn.execute(
             "SELECT key, value, updated_at FROM kv WHERE key IN (?, ?)", (CONFIG_KEY, RULES_KEY)
         ).fetchall()
+        changed = False
         for key, value, updated_at in rows:
             if self._seen.get(key) == updated_at:
                 continue
@@ -47,8 +52,12 @@ class SharedState:
             except ValueError:
                 logger.warning("moesifasgi: ignoring an unreadable %s stored in the queue file", key)
                 continue
+            changed = True
             if key == CONFIG_KEY:
                 self.config = parsed if isinstance(parsed, dict) else None
                 self.sampling = SamplingConfig.from_dict(self.config) if self.config else None
             else:
                 self.rules = parsed
+        if changed:
+            # Cohorts and variable values live in the config, so either change rebuilds.
+            self.governance = GovernanceRules.from_stored(self.rules, self.config)

@@ -1,0 +1,257 @@
+"""User and company profile updates, queued durably like events.
+
+    from moesifasgi.profiles import update_user
+    update_user({"user_id": "12345", "metadata": {"email": "a@example.com", "plan": "pro"}})
+
+The original package posted each update to Moesif at once, blocking the caller on
+HTTP. Here a profile is validated in the caller (a missing ``user_id`` /
+``company_id`` is a ``ValueError`` right away), then written to the ``profiles``
+table of the shared queue file, from which the flusher posts batches to
+``/v1/users/batch`` and ``/v1/companies/batch``: updates survive restarts and
+Moesif outages.
+
+The write happens on one small thread per process, never on the caller's event
+loop. Called without a running loop (plain sync code) the functions wait for the
+commit, so the profile is on disk when they return; called inside a running loop
+they return at once. Either way they return a ``concurrent.futures.Future``
+holding how many profiles were queued (0 when the queue file could not take
+them: that is logged, never raised), so async code that wants the commit can
+``await asyncio.wrap_future(update_user(profile))``. Pending writes are finished
+at interpreter exit.
+
+Which queue: the ``queue_path`` argument, else the one of the ``MoesifMiddleware``
+created in this process, else ``MOESIF_QUEUE_PATH``, else the default path
+derived from ``MOESIF_APPLICATION_ID``.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from . import storage
+from .diagnostics import problems
+from .event_builder import format_time
+from .settings import resolve_queue_path
+
+__all__ = [
+    "MAX_PENDING_PROFILES",
+    "flush_profiles",
+    "update_companies_batch",
+    "update_company",
+    "update_user",
+    "update_users_batch",
+    "use_queue_path",
+]
+
+logger = logging.getLogger(__name__)
+
+# Profiles are few (one per user or company change); this only guards the disk
+# against a runaway loop while Moesif is unreachable.
+MAX_PENDING_PROFILES = 100_000
+# How long a sync caller waits for the commit before returning the future anyway.
+SYNC_WAIT_SECONDS = 30.0
+_WRITE_ATTEMPTS = 3
+
+# (kind, profile_id, created_at, body)
+ProfileRow = Tuple[str, str, float, str]
+_ID_FIELD = {"user": "user_id", "company": "company_id"}
+_MODEL = {"user": "UserModel", "company": "CompanyModel"}
+
+_registered: List[str] = []
+
+
+def use_queue_path(path: str) -> None:
+    """Make `path` the default queue for this process (MoesifMiddleware calls this)."""
+    if path in _registered:
+        _registered.remove(path)
+    _registered.append(path)
+
+
+def update_user(profile: Any, *, queue_path: Optional[str] = None) -> "Future[int]":
+    """Queue one user profile: a dict, a moesifapi ``UserModel`` or JSON text."""
+    return _queue("user", [profile], queue_path)
+
+
+def update_users_batch(profiles: Iterable[Any], *, queue_path: Optional[str] = None) -> "Future[int]":
+    """Queue several user profiles; if one is invalid, none is queued."""
+    return _queue("user", _as_list(profiles, "user"), queue_path)
+
+
+def update_company(profile: Any, *, queue_path: Optional[str] = None) -> "Future[int]":
+    """Queue one company profile: a dict, a moesifapi ``CompanyModel`` or JSON text."""
+    return _queue("company", [profile], queue_path)
+
+
+def update_companies_batch(profiles: Iterable[Any], *, queue_path: Optional[str] = None) -> "Future[int]":
+    """Queue several company profiles; if one is invalid, none is queued."""
+    return _queue("company", _as_list(profiles, "company"), queue_path)
+
+
+def flush_profiles(timeout: float = 5.0) -> bool:
+    """Wait until every profile handed over so far in this process is written."""
+    writer = _writer()
+    try:
+        writer.submit(None, []).result(timeout)
+        return True
+    except Exception:
+        return False
+
+
+# -- validation ----------------------------------------------------------------------
+
+def _as_list(profiles: Iterable[Any], kind: str) -> List[Any]:
+    if isinstance(profiles, (Mapping, str, bytes)) or not isinstance(profiles, Iterable):
+        raise TypeError(f"update_{'users' if kind == 'user' else 'companies'}_batch takes a list of profiles, "
+                        f"got {type(profiles).__name__}")
+    return list(profiles)
+
+
+def _as_dict(profile: Any, kind: str) -> Dict[str, Any]:
+    to_dictionary = getattr(profile, "to_dictionary", None)
+    if callable(to_dictionary):  # a moesifapi model: its unset fields are None
+        return {k: v for k, v in to_dictionary().items() if v is not None}
+    if isinstance(profile, Mapping):
+        return dict(profile)
+    if isinstance(profile, (str, bytes, bytearray)):
+        try:
+            parsed = json.loads(profile)
+        except ValueError as exc:
+            raise ValueError(f"a {kind} profile given as text must be a JSON object ({exc})") from None
+        if isinstance(parsed, dict):
+            return parsed
+        raise ValueError(f"a {kind} profile given as text must be a JSON object, got {type(parsed).__name__}")
+    raise TypeError(f"a {kind} profile must be a dict, a moesifapi {_MODEL[kind]} or JSON text, "
+                    f"got {type(profile).__name__}")
+
+
+def to_row(profile: Any, kind: str, now: float) -> ProfileRow:
+    """Validate one profile and encode it as it will be posted; ValueError/TypeError if unusable."""
+    data = _as_dict(profile, kind)
+    field = _ID_FIELD[kind]
+    ident = data.get(field)
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        ident = data[field] = str(ident)
+    if not isinstance(ident, str) or not ident.strip():
+        raise ValueError(f"a {kind} profile needs a non-empty {field}, got {ident!r}")
+    for key, value in data.items():
+        if isinstance(value, (datetime.datetime, datetime.date)):
+            data[key] = value.isoformat()
+    if data.get("modified_time") is None:
+        # Delivery may come much later (an outage, a restart): the update happened now.
+        data["modified_time"] = format_time(now)
+    try:
+        body = json.dumps(data, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{kind} profile {ident!r} cannot be sent as JSON ({exc})") from None
+    return kind, ident, now, body
+
+
+def _resolve(queue_path: Optional[str]) -> str:
+    if queue_path:
+        return os.path.abspath(os.path.expanduser(queue_path))
+    if _registered:
+        return _registered[-1]
+    app_id = os.environ.get("MOESIF_APPLICATION_ID", "")
+    if os.environ.get("MOESIF_QUEUE_PATH") or app_id.strip():
+        return resolve_queue_path(None, app_id.strip())
+    raise ValueError("moesifasgi: no queue for profiles: pass queue_path=..., create MoesifMiddleware first, "
+                     "or set MOESIF_QUEUE_PATH")
+
+
+def _queue(kind: str, profiles: List[Any], queue_path: Optional[str]) -> "Future[int]":
+    now = time.time()
+    rows = [to_row(p, kind, now) for p in profiles]  # raises before anything is queued
+    path = _resolve(queue_path)
+    if not rows:
+        done: "Future[int]" = Future()
+        done.set_result(0)
+        return done
+    writer = _writer()
+    try:
+        future = writer.submit(path, rows)
+    except RuntimeError:  # the interpreter is shutting down (an atexit hook): write here
+        future = Future()
+        future.set_result(writer._write(path, rows))
+        return future
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: waiting blocks nobody else
+        try:
+            future.result(SYNC_WAIT_SECONDS)
+        except Exception:
+            pass
+    return future
+
+
+# -- the per-process writer thread ----------------------------------------------------
+
+class _ProfileWriter:
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesifasgi-profiles")
+        self._conns: Dict[str, sqlite3.Connection] = {}  # used only on the executor's thread
+
+    def submit(self, path: Optional[str], rows: List[ProfileRow]) -> "Future[int]":
+        return self._executor.submit(self._write, path, rows)
+
+    def _write(self, path: Optional[str], rows: List[ProfileRow]) -> int:
+        if path is None or not rows:
+            return 0
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                return self._insert(path, rows)
+            except Exception as exc:
+                self._forget(path)
+                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+                if busy and attempt + 1 < _WRITE_ATTEMPTS:
+                    continue  # another process held the lock past the busy timeout
+                problems.report(f"profiles-{type(exc).__name__}",
+                                "moesifasgi: cannot queue %d %s profile(s) in %s (%s: %s); they were dropped",
+                                len(rows), rows[0][0], path, type(exc).__name__, exc, level=logging.ERROR)
+                return 0
+        return 0
+
+    def _insert(self, path: str, rows: List[ProfileRow]) -> int:
+        conn = self._conns.get(path)
+        if conn is None:
+            conn = self._conns[path] = storage.connect(path)
+        with storage.immediate(conn):
+            pending = conn.execute("SELECT value FROM counters WHERE name = 'profiles_pending'").fetchone()[0]
+            kept = rows[:max(0, MAX_PENDING_PROFILES - pending)]
+            conn.executemany("INSERT INTO profiles (kind, profile_id, created_at, body) VALUES (?, ?, ?, ?)", kept)
+            dropped = len(rows) - len(kept)
+            if dropped:
+                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dropped'", (dropped,))
+        if dropped:
+            problems.report("profiles-full", "moesifasgi: %d profile updates wait in %s; new ones are dropped "
+                            "until the flusher catches up", MAX_PENDING_PROFILES, path)
+        return len(kept)
+
+    def _forget(self, path: str) -> None:
+        conn = self._conns.pop(path, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+_instance: Optional[_ProfileWriter] = None
+_instance_pid = 0
+_instance_lock = threading.Lock()
+
+
+def _writer() -> _ProfileWriter:
+    """This process's writer; a forked child never uses its parent's thread or connections."""
+    global _instance, _instance_pid
+    with _instance_lock:
+        if _instance is None or _instance_pid != os.getpid():
+            _instance, _instance_pid = _ProfileWriter(), os.getpid()
+        return _instance

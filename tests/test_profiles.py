@@ -1,0 +1,218 @@
+"""User and company profiles: validated, queued durably, delivered in batches."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from moesifapi.models import CompanyModel, UserModel
+
+from moesifasgi import profiles, storage
+from moesifasgi_flush.async_db import AsyncDB
+from moesifasgi_flush.client import MoesifClient
+from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi_flush.profile_delivery import (
+    deliver_profiles, profile_counts, requeue_profile_dead_letters, run_profile_delivery)
+
+
+def queued(path):
+    conn = sqlite3.connect(path)
+    try:
+        return [(kind, pid, json.loads(body)) for kind, pid, body in
+                conn.execute("SELECT kind, profile_id, body FROM profiles ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def counts(path):
+    conn = storage.connect(path)
+    try:
+        return profile_counts(conn)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def collector():
+    with LocalCollector() as running:
+        yield running
+
+
+@pytest.mark.parametrize("profile", [{"metadata": {"a": 1}}, {"user_id": ""}, {"user_id": None},
+                                     UserModel(metadata={"a": 1}), '{"company_id": "c"}'])
+def test_a_user_profile_without_a_user_id_is_a_value_error_and_nothing_is_queued(queue_path, profile):
+    with pytest.raises(ValueError, match="user_id"):
+        profiles.update_user(profile, queue_path=queue_path)
+    with pytest.raises(ValueError, match="user_id"):
+        profiles.update_users_batch([{"user_id": "ok"}, profile], queue_path=queue_path)
+    storage.connect(queue_path).close()
+    assert queued(queue_path) == []
+
+
+def test_a_company_profile_without_a_company_id_is_a_value_error(queue_path):
+    with pytest.raises(ValueError, match="company_id"):
+        profiles.update_company({"company_domain": "acme.com"}, queue_path=queue_path)
+    with pytest.raises(ValueError, match="company_id"):
+        profiles.update_companies_batch([CompanyModel(company_domain="acme.com")], queue_path=queue_path)
+
+
+def test_profiles_of_the_wrong_type_are_type_errors(queue_path):
+    with pytest.raises(TypeError, match="UserModel"):
+        profiles.update_user(42, queue_path=queue_path)
+    with pytest.raises(TypeError, match="list of profiles"):
+        profiles.update_users_batch({"user_id": "u1"}, queue_path=queue_path)
+    with pytest.raises(ValueError, match="JSON object"):
+        profiles.update_user("not json", queue_path=queue_path)
+
+
+def test_dicts_models_and_json_text_are_queued_as_moesif_expects_them(queue_path):
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    assert profiles.update_user(UserModel(user_id="u1", company_id="c1", modified_time=when,
+                                          metadata={"email": "a@example.com"}), queue_path=queue_path).result() == 1
+    profiles.update_users_batch([{"user_id": 7, "metadata": {"plan": "pro"}}, '{"user_id": "u3"}'],
+                                queue_path=queue_path)
+    profiles.update_company(CompanyModel(company_id="c1", company_domain="acme.com"), queue_path=queue_path)
+    profiles.update_companies_batch([{"company_id": "c2", "metadata": {"seats": 5}}], queue_path=queue_path)
+    rows = queued(queue_path)
+    assert [(kind, pid) for kind, pid, _ in rows] == [
+        ("user", "u1"), ("user", "7"), ("user", "u3"), ("company", "c1"), ("company", "c2")]
+    first = rows[0][2]
+    assert first == {"user_id": "u1", "company_id": "c1", "modified_time": "2026-01-02T03:04:05",
+                     "metadata": {"email": "a@example.com"}}  # a model's unset fields are not sent
+    assert rows[1][2]["user_id"] == "7" and rows[1][2]["metadata"] == {"plan": "pro"}
+    assert rows[3][2]["company_domain"] == "acme.com"
+    stamped = datetime.datetime.strptime(rows[2][2]["modified_time"], "%Y-%m-%dT%H:%M:%S.%f")
+    assert abs(stamped - datetime.datetime.utcnow()) < datetime.timedelta(minutes=1)
+    assert counts(queue_path)["profiles_pending"] == 5
+
+
+async def test_inside_a_running_loop_the_call_returns_before_the_write(queue_path, monkeypatch):
+    insert = profiles._ProfileWriter._insert
+
+    def slow_insert(self, path, rows):
+        time.sleep(0.3)
+        return insert(self, path, rows)
+
+    monkeypatch.setattr(profiles._ProfileWriter, "_insert", slow_insert)
+    started = time.monotonic()
+    future = profiles.update_user({"user_id": "u1"}, queue_path=queue_path)
+    assert time.monotonic() - started < 0.1 and not future.done()
+    assert await asyncio.wrap_future(future) == 1
+    assert [pid for _, pid, _ in queued(queue_path)] == ["u1"]
+
+
+def test_the_queue_comes_from_the_argument_then_the_middleware_then_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "_registered", [])
+    monkeypatch.delenv("MOESIF_QUEUE_PATH", raising=False)
+    monkeypatch.delenv("MOESIF_APPLICATION_ID", raising=False)
+    with pytest.raises(ValueError, match="no queue for profiles"):
+        profiles.update_user({"user_id": "u"})
+    monkeypatch.setenv("MOESIF_QUEUE_PATH", str(tmp_path / "env.sqlite"))
+    profiles.update_user({"user_id": "from-env"})
+    profiles.use_queue_path(str(tmp_path / "mw.sqlite"))
+    profiles.update_user({"user_id": "from-middleware"})
+    profiles.update_user({"user_id": "explicit"}, queue_path=str(tmp_path / "arg.sqlite"))
+    assert [pid for _, pid, _ in queued(str(tmp_path / "env.sqlite"))] == ["from-env"]
+    assert [pid for _, pid, _ in queued(str(tmp_path / "mw.sqlite"))] == ["from-middleware"]
+    assert [pid for _, pid, _ in queued(str(tmp_path / "arg.sqlite"))] == ["explicit"]
+
+
+def test_beyond_the_cap_new_profiles_are_dropped_and_counted(queue_path, monkeypatch):
+    monkeypatch.setattr(profiles, "MAX_PENDING_PROFILES", 2)
+    assert profiles.update_users_batch([{"user_id": f"u{i}"} for i in range(3)], queue_path=queue_path).result() == 2
+    assert counts(queue_path)["profiles_pending"] == 2 and counts(queue_path)["profiles_dropped"] == 1
+
+
+def test_an_existing_version_1_queue_gains_the_profiles_table_and_keeps_its_rows(queue_path, monkeypatch):
+    shipped = storage.migrations()
+    monkeypatch.setattr(storage, "migrations", lambda: shipped[:1])
+    conn = storage.connect(queue_path)
+    conn.execute("INSERT INTO dead_letters (transaction_id, created_at, body, reason, failed_at) "
+                 "VALUES ('t', 1, '{}', 'old', 2)")
+    conn.close()
+    monkeypatch.setattr(storage, "migrations", lambda: shipped)
+    conn = storage.connect(queue_path)
+    assert storage.schema_version(conn) == 2
+    assert conn.execute("SELECT kind FROM dead_letters").fetchall() == [("event",)]
+    conn.close()
+
+
+_WRITER_SCRIPT = """
+import asyncio, sys
+from moesifapi.models import UserModel
+from moesifasgi import profiles
+path = sys.argv[1]
+profiles.update_user(UserModel(user_id="u1", metadata={"plan": "pro"}), queue_path=path)
+profiles.update_users_batch([{"user_id": "u2"}, {"user_id": "u3"}], queue_path=path)
+
+async def main():
+    # Inside a loop: handed to the writer thread and not awaited; exit must still commit it.
+    profiles.update_companies_batch([{"company_id": "c1"}, {"company_id": "c2"}], queue_path=path)
+
+asyncio.run(main())
+"""
+
+
+async def test_profiles_queued_by_a_process_that_exited_are_delivered_to_the_collector(queue_path, collector):
+    subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITER_SCRIPT), queue_path], check=True, timeout=60)
+    assert counts(queue_path)["profiles_pending"] == 5
+    async with MoesifClient("app-id", collector.url) as client:
+        stats = await deliver_profiles(queue_path, client, batch_size=2)
+    assert (stats.users_sent, stats.companies_sent, stats.error) == (3, 2, None)
+    assert [u["user_id"] for u in collector.users] == ["u1", "u2", "u3"]
+    assert collector.users[0]["metadata"] == {"plan": "pro"}
+    assert [c["company_id"] for c in collector.companies] == ["c1", "c2"]
+    assert [path for _, path, _, _ in collector.request_log] == ["/v1/users/batch"] * 2 + ["/v1/companies/batch"]
+    assert collector.header_errors == [] and queued(queue_path) == []
+    assert counts(queue_path)["profiles_sent"] == 5 and counts(queue_path)["profiles_pending"] == 0
+
+
+@pytest.mark.parametrize("status, outcome", [(503, "retry"), (429, "retry"), (401, "auth")])
+async def test_a_failed_post_leaves_the_profiles_queued_for_a_later_round(queue_path, collector, status, outcome):
+    profiles.update_users_batch([{"user_id": "u1"}, {"user_id": "u2"}], queue_path=queue_path)
+    collector.fail_next(status)
+    conn = storage.connect(queue_path)
+    async with MoesifClient("app-id", collector.url) as client:
+        failed = await deliver_profiles(conn, client)
+        assert (failed.sent, failed.released, failed.error) == (0, 2, outcome)
+        assert conn.execute("SELECT COUNT(*) FROM profiles WHERE claimed_until = 0").fetchone()[0] == 2
+        assert (await deliver_profiles(conn, client)).users_sent == 2
+    conn.close()
+    assert [u["user_id"] for u in collector.users] == ["u1", "u2"]
+
+
+async def test_a_profile_rejected_alone_is_dead_lettered_and_the_others_are_delivered(queue_path, collector):
+    profiles.update_users_batch([{"user_id": f"u{i}"} for i in range(1, 4)], queue_path=queue_path)
+    collector.fail_next(400, count=2)  # the batch of three, then u1 alone
+    async with MoesifClient("app-id", collector.url) as client:
+        stats = await deliver_profiles(queue_path, client)
+    assert (stats.users_sent, stats.dead_lettered, stats.error) == (2, 1, None)
+    assert [u["user_id"] for u in collector.users] == ["u2", "u3"]
+    conn = storage.connect(queue_path)
+    row = conn.execute("SELECT transaction_id, status, reason, kind FROM dead_letters").fetchone()
+    assert row == ("user:u1", 400, "profile rejected", "user")
+    assert profile_counts(conn)["profile_dead_letters"] == 1
+    assert requeue_profile_dead_letters(conn) == 1
+    assert conn.execute("SELECT kind, profile_id FROM profiles").fetchall() == [("user", "u1")]
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+    conn.close()
+
+
+async def test_the_leaders_loop_delivers_profiles_as_they_arrive(queue_path, collector):
+    db = AsyncDB(queue_path)
+    async with MoesifClient("app-id", collector.url) as client:
+        task = asyncio.ensure_future(run_profile_delivery(db, client, owner="leader", interval=0.05))
+        await asyncio.wrap_future(profiles.update_company({"company_id": "c9"}, queue_path=queue_path))
+        deadline = time.monotonic() + 5
+        while not collector.companies and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await db.close()
+    assert [c["company_id"] for c in collector.companies] == ["c9"]
