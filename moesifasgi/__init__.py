@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from ._version import __version__
 from .middleware import MoesifMiddleware
+from .profiles import update_companies_batch, update_company, update_user, update_users_batch
 from .settings import Settings, parse_settings
 
-__all__ = ["MoesifMiddleware", "Settings", "parse_settings", "__version__"]
+__all__ = [
+    "MoesifMiddleware",
+    "Settings",
+    "parse_settings",
+    "update_user",
+    "update_users_batch",
+    "update_company",
+    "update_companies_batch",
+    "__version__",
+]

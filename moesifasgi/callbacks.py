@@ -58,6 +58,8 @@ def request_for(exchange: Exchange) -> Request:
     the captured body (when complete) instead of reading a stream already consumed."""
     request = Request(exchange.scope)
     body = exchange.request_body_bytes()
+    if body is None and exchange.request_body is None:
+        body = b""  # nothing was received (or LOG_BODY is off): never a closed stream
     if body is not None:
         request._body = body  # Starlette's own cache attribute for body()
     return request

@@ -70,6 +70,7 @@ class Exchange:
         "response_started",
         "response_complete",
         "recorded",
+        "blocked_by",
         "_receive",
     )
 
@@ -96,6 +97,7 @@ class Exchange:
         self.response_started = False
         self.response_complete = False
         self.recorded = False
+        self.blocked_by: Optional[str] = None
         self._receive = receive
 
     async def receive(self) -> Message:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import Future
 from typing import Any, Dict, Optional
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
@@ -18,12 +19,15 @@ from .callbacks import CallbackError, invoke, request_for, response_for
 from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import build_event, peer_host, request_uri, route_of
+from .governed import adding_headers, check, respond_blocked
+from . import profiles
 from .client_ip import client_ip
 from .identity import user_id_from_authorization
 from .masking import MaskingError
 from .pipeline import EventPipeline
 from .queue_writer import close_all
 from .settings import Settings, parse_settings
+from moesifasgi_flush.embedded import ensure_started as ensure_flusher_started, stop_embedded
 
 logger = logging.getLogger("moesifasgi")
 
@@ -45,6 +49,23 @@ class MoesifMiddleware:
             f is not None for f in (s.skip, s.identify_user, s.identify_company, s.get_metadata, s.get_session_token)
         )
         self._strict = s.durability == "strict"
+        profiles.use_queue_path(s.queue_path)
+
+    # -- user and company profiles, as on the original middleware -----------------------
+
+    def update_user(self, user_profile: Any) -> "Future[int]":
+        """Queue a user profile for Moesif (a dict or moesifapi UserModel with `user_id`)."""
+        return profiles.update_user(user_profile, queue_path=self.settings.queue_path)
+
+    def update_users_batch(self, user_profiles: Any) -> "Future[int]":
+        return profiles.update_users_batch(user_profiles, queue_path=self.settings.queue_path)
+
+    def update_company(self, company_profile: Any) -> "Future[int]":
+        """Queue a company profile (a dict or moesifapi CompanyModel with `company_id`)."""
+        return profiles.update_company(company_profile, queue_path=self.settings.queue_path)
+
+    def update_companies_batch(self, companies_profiles: Any) -> "Future[int]":
+        return profiles.update_companies_batch(companies_profiles, queue_path=self.settings.queue_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -53,6 +74,9 @@ class MoesifMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Apps without lifespan start the flusher on their first request; after
+        # that this is one dict lookup.
+        ensure_flusher_started(self.settings)
         try:
             exchange = Exchange(
                 scope,
@@ -81,8 +105,24 @@ class MoesifMiddleware:
             await send(message)
 
         app_receive = exchange.receive if exchange.log_body else receive
+        app_send: Send = send_wrapper
+        rules = self.pipeline.writer.shared.governance
+        if rules is not None:
+            decision = None
+            try:
+                decision, app_receive = await check(rules, exchange, app_receive, self.settings)
+            except Exception:
+                problems.report("governance", "moesifasgi: cannot apply the governance rules; the call proceeds",
+                                exc_info=True)
+            if decision is not None and decision.blocked_by is not None:
+                # Answered through send_wrapper: recorded, with the transaction id.
+                exchange.blocked_by = decision.blocked_by
+                await respond_blocked(send_wrapper, decision)
+                return
+            if decision is not None:
+                app_send = adding_headers(send_wrapper, decision)
         try:
-            await self.app(scope, app_receive, send_wrapper)
+            await self.app(scope, app_receive, app_send)
         except Exception:
             # The app's exception goes on untouched; the client will see a 500
             # (or a cut-off response), and that is what the event records.
@@ -97,9 +137,15 @@ class MoesifMiddleware:
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                # Commit what this worker still holds before the server exits.
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                ensure_flusher_started(self.settings)
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Commit what this worker still holds, then hand the lease back so
+                # another worker (or the next start) drains without waiting for it
+                # to expire.
                 await asyncio.get_running_loop().run_in_executor(None, close_all)
+                await stop_embedded()
             await send(message)
 
         return lifespan_send
@@ -176,6 +222,7 @@ class MoesifMiddleware:
             company_id=company_id,
             session_token=None if session_token is None else str(session_token),
             metadata=metadata,
+            blocked_by=exchange.blocked_by,
             weight=self.pipeline.weight(rate),
         )
         if s.debug:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from typing import Any, Dict, List
 
@@ -8,6 +9,12 @@ import pytest
 
 from moesifasgi import queue_writer
 from moesifasgi.diagnostics import problems
+
+
+# Tests that do not test the flusher keep their apps write-only, and nothing may
+# ever try to reach the real Moesif: the default collector is a dead loopback port.
+os.environ.setdefault("MOESIF_FLUSHER", "external")
+os.environ.setdefault("MOESIF_BASE_URI", "http://127.0.0.1:9")
 
 
 @pytest.fixture
