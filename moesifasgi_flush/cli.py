@@ -21,6 +21,7 @@ from moesifasgi import storage
 from moesifasgi.settings import DEFAULT_BASE_URI, resolve_queue_path
 
 from . import queue_store as qs
+from .profile_delivery import requeue_profile_dead_letters
 from .cli_drain import drain, run
 from .status import queue_status
 
@@ -231,9 +232,10 @@ def dead_letters_requeue(ctx: _Context, ids: Tuple[int, ...]) -> None:
     conn = ctx.connect()
     try:
         moved = qs.requeue_dead_letters(conn, list(ids) if ids else None)
+        profiles = requeue_profile_dead_letters(conn, list(ids) if ids else None)
     finally:
         conn.close()
-    click.echo(f"requeued {moved} events")
+    click.echo(f"requeued {moved} events" + (f" and {profiles} profiles" if profiles else ""))
 
 
 @dead_letters.command("purge")

@@ -25,6 +25,7 @@ from .client import DEFAULT_BASE_URI, MoesifClient
 from .delivery import AUTH_PROBE_INTERVAL, Delivery
 from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
 from .pump import CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
+from .profile_delivery import deliver_profiles, release_profiles, run_profile_delivery
 from .remote_config import CONFIG_INTERVAL, MIN_FETCH_GAP, RemoteConfig
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,14 @@ class Flusher:
                 released = 0
             if released:
                 logger.info("took back %d events claimed by the dead leader %s", released, previous_owner)
+            try:
+                await self.db.run(release_profiles, previous_owner)
+            except Exception as exc:
+                logger.warning("could not take back the dead leader's profile claims: %s", exc)
         pump = self._pump = self._new_pump()
         config_task = asyncio.ensure_future(self.remote_config.run())
+        profile_task = asyncio.ensure_future(run_profile_delivery(
+            self.db, self.client, owner=self.owner, paused=self.delivery.pause_remaining))
         pump_task = asyncio.ensure_future(pump.run(grace=self.options.shutdown_grace))
         try:
             assert self._stop is not None
@@ -150,7 +157,8 @@ class Flusher:
                 await pump_task
             finally:
                 config_task.cancel()
-                await asyncio.gather(config_task, return_exceptions=True)
+                profile_task.cancel()
+                await asyncio.gather(config_task, profile_task, return_exceptions=True)
                 self._sent_before += pump.sent
                 self._pump = None
                 self.is_leader = False
@@ -205,6 +213,8 @@ class Flusher:
         reporter = asyncio.ensure_future(self._report(pump, progress)) if progress else None
         try:
             await pump.run(until_empty=True, deadline=deadline, grace=self.options.shutdown_grace)
+            if pump.last_error is None:
+                await deliver_profiles(self.db, self.client, owner=self.owner)
         finally:
             if reporter is not None:
                 reporter.cancel()

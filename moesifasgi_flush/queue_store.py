@@ -156,6 +156,9 @@ def _where_ids(ids: Optional[Sequence[int]]) -> tuple:
 def requeue_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:
     """Put dead letters (all, or those ids) back in the queue, keeping their transaction ids."""
     where, params = _where_ids(ids)
+    # Rejected user/company profiles share the table; they go back to theirs
+    # (profile_delivery.requeue_profile_dead_letters), never into events.
+    where += (" AND" if where else " WHERE") + " kind = 'event'"
     with immediate(conn):
         moved = conn.execute(
             "INSERT INTO events (transaction_id, created_at, body) "

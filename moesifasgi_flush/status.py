@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional
 
 from moesifasgi import storage
 
+from .profile_delivery import profile_counts
+
 from . import queue_store as qs
 from .lease import current_leader
 
@@ -53,4 +55,5 @@ def queue_status(conn: sqlite3.Connection, path: str, now: Optional[float] = Non
         "last_error": _parse(qs.kv_get(conn, qs.KV_LAST_ERROR)),
         "queue_file_bytes": _file_bytes(path),
         "schema_version": storage.schema_version(conn),
+        "profiles": profile_counts(conn),
     }

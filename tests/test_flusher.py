@@ -13,7 +13,7 @@ from moesifasgi import storage
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.flusher import Flusher
 from moesifasgi_flush.local_collector import LocalCollector
-from tests.flush_support import APP_ID, FAST, eventually, insert_events, query
+from tests.flush_support import APP_ID, FAST, eventually, insert_events, query, wait_until
 
 
 @pytest.fixture
@@ -249,3 +249,22 @@ async def test_force_flush_reports_whether_the_queue_is_empty(path, collector):
     insert_events(path, 3)
     assert await flusher.force_flush(timeout=0.5) is False
     await flusher.aclose()
+
+
+async def test_the_leader_delivers_queued_user_and_company_profiles_too(path, collector):
+    from moesifasgi import profiles
+
+    insert_events(path, 3)
+    profiles.update_user({"user_id": "u-1", "metadata": {"plan": "pro"}}, queue_path=path).result(10)
+    profiles.update_company({"company_id": "c-1"}, queue_path=path).result(10)
+    flusher = flusher_for(path, collector.url)
+    task = asyncio.ensure_future(flusher.run())
+    try:
+        assert await asyncio.to_thread(
+            wait_until, lambda: collector.users and collector.companies and collector.event_count >= 3, 10)
+    finally:
+        await flusher.stop(3)
+        await asyncio.gather(task, return_exceptions=True)
+    assert [u["user_id"] for u in collector.users] == ["u-1"]
+    assert [c["company_id"] for c in collector.companies] == ["c-1"]
+    assert query(path, "SELECT COUNT(*) FROM profiles") == [(0,)]

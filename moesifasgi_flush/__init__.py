@@ -1,0 +1,1 @@
+"""moesif-flush: drain the moesifasgi queue to Moesif (flusher, client, CLI)."""
