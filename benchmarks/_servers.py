@@ -52,8 +52,9 @@ class Collector:
 
 
 class AppServer:
-    def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn") -> None:
-        self.port = free_port()
+    def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn",
+                 port: Optional[int] = None, log_path: Optional[str] = None) -> None:
+        self.port = port or free_port()
         full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE, **env)
         if server == "gunicorn":
             cmd: List[str] = [
@@ -66,13 +67,19 @@ class AppServer:
                 python, "-m", "uvicorn", "bench_app:app", "--port", str(self.port), "--log-level", "warning",
                 "--no-access-log", "--workers", str(workers),
             ]
-        self.proc = subprocess.Popen(cmd, env=full_env, cwd=HERE, start_new_session=True)
+        self._log = open(log_path, "ab") if log_path else None
+        self.proc = subprocess.Popen(cmd, env=full_env, cwd=HERE, start_new_session=True,
+                                     stdout=self._log, stderr=self._log)
         wait_for_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def pids(self) -> List[int]:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True).stdout
         return [self.proc.pid] + [int(p) for p in out.split()]
+
+    def worker_pids(self) -> List[int]:
+        """The worker processes (children of the server process)."""
+        return self.pids()[1:]
 
     def rss_kb(self) -> int:
         """Sum of resident memory of the server and its workers, in KiB."""
@@ -92,7 +99,17 @@ class AppServer:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        # A worker forked while the master was stopping can outlive it: nothing of
+        # the group may survive into the next run.
+        time.sleep(0.2)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
                 pass
+        if self._log is not None:
+            self._log.close()

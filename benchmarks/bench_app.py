@@ -1,7 +1,8 @@
 """The FastAPI app every benchmark serves, with or without a Moesif middleware.
 
 BENCH_MODE=bare|ours|original picks the middleware; MOESIF_BASE_URI points it at
-the loopback collector; MOESIF_QUEUE_PATH is where ours keeps its queue.
+the loopback collector; MOESIF_QUEUE_PATH is where ours keeps its queue; MOESIF_DURABILITY and
+MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QUEUE_SIZE (ours only).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ if MODE in ("ours", "original"):
     }
     if MODE == "ours":
         settings["QUEUE_PATH"] = os.environ["MOESIF_QUEUE_PATH"]
+        if os.environ.get("MOESIF_EVENT_QUEUE_SIZE"):
+            settings["EVENT_QUEUE_SIZE"] = int(os.environ["MOESIF_EVENT_QUEUE_SIZE"])
         if os.environ.get("MOESIF_DURABILITY"):
             settings["DURABILITY"] = os.environ["MOESIF_DURABILITY"]
     app.add_middleware(MoesifMiddleware, settings=settings)

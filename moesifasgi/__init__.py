@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from ._version import __version__
 from .middleware import MoesifMiddleware
+from .outgoing import capture_outgoing
 from .profiles import update_companies_batch, update_company, update_user, update_users_batch
 from .settings import Settings, parse_settings
 
 __all__ = [
     "MoesifMiddleware",
+    "capture_outgoing",
     "Settings",
     "parse_settings",
     "update_user",

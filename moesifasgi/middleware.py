@@ -20,7 +20,7 @@ from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import build_event, peer_host, request_uri, route_of
 from .governed import adding_headers, check, respond_blocked
-from . import profiles
+from . import outgoing, profiles
 from .client_ip import client_ip
 from .identity import user_id_from_authorization
 from .masking import MaskingError
@@ -50,6 +50,11 @@ class MoesifMiddleware:
         )
         self._strict = s.durability == "strict"
         profiles.use_queue_path(s.queue_path)
+        if s.capture_outgoing_requests:
+            try:
+                outgoing.install(s)
+            except Exception:
+                problems.report("outgoing", "moesifasgi: cannot capture outgoing calls", exc_info=True)
 
     # -- user and company profiles, as on the original middleware -----------------------
 

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import random
 import time
 from typing import Any, Dict, Optional
 
 from . import jsoncodec
 from .bodies import truncation_marker
+from .callbacks import CallbackError
 from .diagnostics import problems
-from .masking import apply_mask
+from .masking import MaskingError, apply_mask
 from .queue_writer import QueueWriter, current_pid, writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
+from .sync_bridge import is_async_callable, run_on_private_loop, run_without_loop, running_loop, spawn
 
 # Moesif rejects events over 1 MB; keep a margin for the batch framing.
 MAX_EVENT_CHARS = 1_000_000 - 4_096
@@ -94,6 +97,37 @@ class EventPipeline:
                 STRICT_COMMIT_TIMEOUT,
             )
             return False
+
+    def persist_sync(self, event: Dict[str, Any]) -> bool:
+        """persist() for callers with no event loop of their own (outgoing calls from
+        sync code and threads); never strict.
+
+        A plain MASK_EVENT_MODEL is called right here. An `async def` one runs to
+        completion on a private event loop when this thread runs none; in the thread
+        of a running loop, waiting for it would block that loop, so a task on that
+        loop persists the event instead (True then means scheduled, and the task
+        reports its own failures). Otherwise raises what persist() raises.
+        """
+        mask = self.settings.mask_event_model
+        if mask is None or not is_async_callable(mask):
+            return run_without_loop(self.persist(event))
+        loop = running_loop()
+        if loop is None:
+            return run_on_private_loop(self.persist(event))
+        spawn(loop, self._persist_reporting(event))
+        return True
+
+    async def _persist_reporting(self, event: Dict[str, Any]) -> None:
+        try:
+            await self.persist(event)
+        except CallbackError as exc:
+            self.drop(f"callback-{exc.name}", "moesifasgi: %s; the event was dropped", exc)
+        except MaskingError as exc:
+            self.drop("masking", "moesifasgi: %s", exc)
+        except Exception:
+            self.writer.count_drop()
+            problems.report("internal", "moesifasgi: unexpected error while recording a call; event dropped",
+                            level=logging.ERROR, exc_info=True)
 
 
 def _resolve(future: asyncio.Future, ok: bool) -> None:

@@ -39,7 +39,9 @@ MAX_ROWS_PER_COMMIT = 500
 # recreated); beyond this they are dropped and counted rather than risk the
 # app's memory.
 MAX_BUFFERED = 50_000
-INODE_CHECK_INTERVAL = 1.0
+# Checked before every commit: events committed into a removed file are lost
+# silently, so the window must be as short as a stat() allows.
+INODE_CHECK_INTERVAL = 0.0
 
 _INSERT_GROUP = (
     "INSERT INTO events (transaction_id, created_at, body) "
