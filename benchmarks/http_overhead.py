@@ -29,6 +29,9 @@ def measure(mode: str, python: str, args, collector: Collector, queue_dir: str) 
     env = {"MOESIF_BASE_URI": collector.url, "MOESIF_QUEUE_PATH": os.path.join(queue_dir, f"{mode}.sqlite")}
     if args.durability:
         env["MOESIF_DURABILITY"] = args.durability
+    # embedded: the worker also drains to the collector during the load;
+    # external: the worker only captures (what a separate moesif-flush would drain).
+    env["MOESIF_FLUSHER"] = args.flusher
     server = AppServer(python, mode, env, workers=args.workers, server=args.server)
     try:
         url = server.url + args.endpoint
@@ -48,6 +51,7 @@ def main() -> None:
     parser.add_argument("--server", choices=["uvicorn", "gunicorn"], default="uvicorn")
     parser.add_argument("--endpoint", default="/json", choices=["/json", "/echo", "/stream"])
     parser.add_argument("--durability", choices=["batched", "strict"])
+    parser.add_argument("--flusher", choices=["embedded", "external"], default="embedded")
     parser.add_argument("--original-python", help="a python with moesifasgi 1.1.8 installed, to add it to the comparison")
     args = parser.parse_args()
 
@@ -70,7 +74,7 @@ def main() -> None:
 
     bare_rps = statistics.median(r.requests_per_s for r in results["bare"])
     bare_p99 = statistics.median(r.p99_ms for r in results["bare"])
-    print(f"\n{args.endpoint}, {args.workers} {args.server} worker(s), {args.connections} connections, "
+    print(f"\n{args.endpoint}, {args.workers} {args.server} worker(s), flusher {args.flusher}, {args.connections} connections, "
           f"{args.seconds} s x {args.rounds} rounds (medians)")
     print(f"{'mode':10s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs bare':>8s} {'+p99 ms':>8s}")
     for mode, runs in results.items():
