@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .bodies import MultipartSummary, encode_body
+from .bodies import BodyBuffer, MultipartSummary, encode_body
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
 from .client_ip import client_ip
 
@@ -70,6 +70,29 @@ def peer_host(scope: Mapping[str, Any]) -> Optional[str]:
     return client[0] if client else None
 
 
+def attach_body(section: Dict[str, Any], buffer: Optional[BodyBuffer], headers: Mapping[str, str]) -> None:
+    """Encode a captured body into an event's request or response section."""
+    if buffer is None or not buffer.total_size:
+        return
+    value, encoding = encode_body(
+        buffer.getvalue(),
+        headers.get("content-type"),
+        headers.get("content-encoding"),
+        truncated=buffer.truncated,
+        total_size=buffer.total_size,
+    )
+    if value is not None:
+        section["body"] = value
+        section["transfer_encoding"] = encoding
+
+
+def add_optional_fields(event: Dict[str, Any], **fields: Any) -> None:
+    """Moesif's optional top-level fields, left out when unknown."""
+    for name, value in fields.items():
+        if value is not None:
+            event[name] = value
+
+
 def build_event(
     exchange: Exchange,
     *,
@@ -103,17 +126,8 @@ def build_event(
         if fields:
             request["body"] = fields
             request["transfer_encoding"] = "json"
-    elif body is not None and body.total_size:
-        value, encoding = encode_body(
-            body.getvalue(),
-            request_headers.get("content-type"),
-            request_headers.get("content-encoding"),
-            truncated=body.truncated,
-            total_size=body.total_size,
-        )
-        if value is not None:
-            request["body"] = value
-            request["transfer_encoding"] = encoding
+    else:
+        attach_body(request, body, request_headers)
 
     response_headers = decode_headers(exchange.response_raw_headers)
     response: Dict[str, Any] = {
@@ -121,18 +135,7 @@ def build_event(
         "status": exchange.status if exchange.status is not None else 500,
         "headers": response_headers,
     }
-    rbody = exchange.response_body
-    if rbody is not None and rbody.total_size:
-        value, encoding = encode_body(
-            rbody.getvalue(),
-            response_headers.get("content-type"),
-            response_headers.get("content-encoding"),
-            truncated=rbody.truncated,
-            total_size=rbody.total_size,
-        )
-        if value is not None:
-            response["body"] = value
-            response["transfer_encoding"] = encoding
+    attach_body(response, exchange.response_body, response_headers)
 
     event: Dict[str, Any] = {
         "request": request,
@@ -140,16 +143,8 @@ def build_event(
         "direction": "Incoming",
         "transaction_id": exchange.transaction_id,
     }
-    if user_id is not None:
-        event["user_id"] = user_id
-    if company_id is not None:
-        event["company_id"] = company_id
-    if session_token is not None:
-        event["session_token"] = session_token
-    if metadata is not None:
-        event["metadata"] = metadata
-    if blocked_by is not None:
-        event["blocked_by"] = blocked_by
-    if weight is not None:
-        event["weight"] = weight
+    add_optional_fields(
+        event, user_id=user_id, company_id=company_id, session_token=session_token,
+        metadata=metadata, blocked_by=blocked_by, weight=weight,
+    )
     return event

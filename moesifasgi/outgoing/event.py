@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 from ..bodies import BodyBuffer, MultipartSummary, encode_body, is_multipart
 from ..capture import new_transaction_id
-from ..event_builder import format_time
+from ..event_builder import add_optional_fields, format_time
 
 __all__ = ["FAILED_STATUS", "OutgoingCall", "build_event", "error_body", "plain_headers"]
 
@@ -157,14 +157,7 @@ def build_event(
         "direction": "Outgoing",
         "transaction_id": new_transaction_id(),
     }
-    if user_id is not None:
-        event["user_id"] = user_id
-    if company_id is not None:
-        event["company_id"] = company_id
-    if session_token is not None:
-        event["session_token"] = session_token
-    if metadata is not None:
-        event["metadata"] = metadata
-    if weight is not None:
-        event["weight"] = weight
+    add_optional_fields(
+        event, user_id=user_id, company_id=company_id, session_token=session_token, metadata=metadata, weight=weight,
+    )
     return event
