@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .asgi_types import Message, Receive, Scope
 from .bodies import BodyBuffer, MultipartSummary, is_multipart
+from .client_ip import client_ip
 
 TRANSACTION_HEADER = "x-moesif-transaction-id"
 _TRANSACTION_HEADER_BYTES = TRANSACTION_HEADER.encode("latin-1")
@@ -53,6 +54,37 @@ def decode_headers(raw: Optional[RawHeaders]) -> Dict[str, str]:
     return headers
 
 
+def request_uri(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+    """The full URL the client asked for, query string included."""
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host")
+    if not host:
+        server = scope.get("server")
+        if server:
+            name, port = server[0], server[1]
+            default = {"http": 80, "https": 443}.get(scheme)
+            host = name if port in (None, default) else f"{name}:{port}"
+        else:
+            host = "localhost"
+    path = scope.get("root_path", "") + scope.get("path", "/")
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        # raw_path keeps percent-encoding exactly as the client sent it.
+        path = raw_path.decode("latin-1")
+        root = scope.get("root_path", "")
+        if root and not path.startswith(root):
+            path = root + path
+    query = scope.get("query_string", b"")
+    if query:
+        return f"{scheme}://{host}{path}?{query.decode('latin-1')}"
+    return f"{scheme}://{host}{path}"
+
+
+def peer_host(scope: Mapping[str, Any]) -> Optional[str]:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 class Exchange:
     __slots__ = (
         "scope",
@@ -71,6 +103,8 @@ class Exchange:
         "response_complete",
         "recorded",
         "blocked_by",
+        "_uri",
+        "_ip_address",
         "_receive",
     )
 
@@ -98,7 +132,24 @@ class Exchange:
         self.response_complete = False
         self.recorded = False
         self.blocked_by: Optional[str] = None
+        self._uri: Optional[str] = None
+        self._ip_address: Optional[str] = None
         self._receive = receive
+
+    # The URL and client IP are needed by governance, sampling and the event
+    # itself: worked out once, on first use.
+
+    @property
+    def uri(self) -> str:
+        if self._uri is None:
+            self._uri = request_uri(self.scope, self.request_headers)
+        return self._uri
+
+    @property
+    def ip_address(self) -> Optional[str]:
+        if self._ip_address is None:
+            self._ip_address = client_ip(self.request_headers, peer_host(self.scope))
+        return self._ip_address
 
     async def receive(self) -> Message:
         message = await self._receive()

@@ -10,7 +10,6 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .bodies import BodyBuffer, MultipartSummary, encode_body
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
-from .client_ip import client_ip
 
 
 _second_cache: Tuple[int, str] = (-1, "")
@@ -28,32 +27,6 @@ def format_time(timestamp: float) -> str:
     return "%s.%03d" % (prefix, int((timestamp - seconds) * 1000))
 
 
-def request_uri(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:
-    """The full URL the client asked for, query string included."""
-    scheme = scope.get("scheme", "http")
-    host = headers.get("host")
-    if not host:
-        server = scope.get("server")
-        if server:
-            name, port = server[0], server[1]
-            default = {"http": 80, "https": 443}.get(scheme)
-            host = name if port in (None, default) else f"{name}:{port}"
-        else:
-            host = "localhost"
-    path = scope.get("root_path", "") + scope.get("path", "/")
-    raw_path = scope.get("raw_path")
-    if raw_path:
-        # raw_path keeps percent-encoding exactly as the client sent it.
-        path = raw_path.decode("latin-1")
-        root = scope.get("root_path", "")
-        if root and not path.startswith(root):
-            path = root + path
-    query = scope.get("query_string", b"")
-    if query:
-        return f"{scheme}://{host}{path}?{query.decode('latin-1')}"
-    return f"{scheme}://{host}{path}"
-
-
 def route_of(uri: str) -> str:
     """The path part of a full URL, for sampling and governance rules."""
     start = uri.find("://")
@@ -63,11 +36,6 @@ def route_of(uri: str) -> str:
     path = uri[slash:]
     query = path.find("?")
     return path if query < 0 else path[:query]
-
-
-def peer_host(scope: Mapping[str, Any]) -> Optional[str]:
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 def attach_body(section: Dict[str, Any], buffer: Optional[BodyBuffer], headers: Mapping[str, str]) -> None:
@@ -109,14 +77,12 @@ def build_event(
     if exchange.transaction_header and TRANSACTION_HEADER not in request_headers:
         # The exchange is finished with its headers: add the id in place.
         request_headers[TRANSACTION_HEADER] = exchange.transaction_id
-    uri = request_uri(scope, request_headers)
-
     request: Dict[str, Any] = {
         "time": format_time(exchange.started_at),
-        "uri": uri,
+        "uri": exchange.uri,
         "verb": scope.get("method", "GET"),
         "headers": request_headers,
-        "ip_address": client_ip(request_headers, peer_host(scope)),
+        "ip_address": exchange.ip_address,
     }
     if api_version is not None:
         request["api_version"] = api_version

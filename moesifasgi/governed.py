@@ -22,9 +22,8 @@ from .asgi_types import Message, Receive, Send
 from .bodies import encode_body
 from .callbacks import CallbackError, invoke, request_for
 from .capture import Exchange
-from .client_ip import client_ip
 from .diagnostics import problems
-from .event_builder import peer_host, request_uri, route_of
+from .event_builder import route_of
 from .governance import GovernanceDecision, GovernanceRules
 from .identity import user_id_from_authorization
 from .settings import Settings
@@ -81,8 +80,8 @@ async def check(rules: GovernanceRules, exchange: Exchange, receive: Receive,
             company_id = await _identify("IDENTIFY_COMPANY", settings.identify_company, request)
     decision = rules.evaluate(
         verb=scope.get("method", "GET"),
-        route=route_of(request_uri(scope, headers)),
-        ip_address=client_ip(headers, peer_host(scope)),
+        route=route_of(exchange.uri),
+        ip_address=exchange.ip_address,
         request_headers=headers,
         request_body=body,
         user_id=None if user_id is None else str(user_id),

@@ -18,10 +18,9 @@ from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .callbacks import CallbackError, invoke, request_for, response_for
 from .capture import Exchange
 from .diagnostics import problems
-from .event_builder import build_event, peer_host, request_uri, route_of
+from .event_builder import build_event, route_of
 from .governed import adding_headers, check, respond_blocked
 from . import outgoing, profiles
-from .client_ip import client_ip
 from .identity import user_id_from_authorization
 from .masking import MaskingError
 from .pipeline import EventPipeline
@@ -204,8 +203,8 @@ class MoesifMiddleware:
         if writer.shared.sampling is not None:
             rate = self.pipeline.sampling_rate(
                 verb=exchange.scope.get("method", "GET"),
-                route=route_of(request_uri(exchange.scope, exchange.request_headers)),
-                ip_address=client_ip(exchange.request_headers, peer_host(exchange.scope)),
+                route=route_of(exchange.uri),
+                ip_address=exchange.ip_address,
                 status=exchange.status,
                 user_id=user_id,
                 company_id=company_id,
