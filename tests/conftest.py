@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from moesifasgi import queue_writer
+from moesifasgi import queue_writer, storage
 from moesifasgi.diagnostics import problems
 
 
@@ -20,6 +20,24 @@ os.environ.setdefault("MOESIF_BASE_URI", "http://127.0.0.1:9")
 @pytest.fixture
 def queue_path(tmp_path) -> str:
     return str(tmp_path / "queue.sqlite")
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    """A queue file that already exists with the current schema."""
+    p = str(tmp_path / "queue.sqlite")
+    storage.connect(p).close()
+    return p
+
+
+@pytest.fixture
+def collector():
+    """A loopback Moesif stand-in that expects the tests' application id."""
+    from moesifasgi_flush.local_collector import LocalCollector
+    from tests.flush_support import APP_ID
+
+    with LocalCollector(application_id=APP_ID) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

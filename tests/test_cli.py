@@ -12,7 +12,6 @@ from moesifasgi import storage
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.cli import cli
 from moesifasgi_flush.lease import Lease
-from moesifasgi_flush.local_collector import LocalCollector
 from tests.flush_support import APP_ID, cli_process, insert_events, query, wait_until
 
 STATUS_KEYS = {"pending", "in_flight", "dead_letters", "dropped", "oldest_pending_age_s", "leader",
@@ -24,19 +23,6 @@ def runner(monkeypatch):
     for name in ("MOESIF_QUEUE_PATH", "MOESIF_APPLICATION_ID", "MOESIF_BASE_URI"):
         monkeypatch.delenv(name, raising=False)
     return CliRunner()
-
-
-@pytest.fixture
-def path(tmp_path):
-    p = str(tmp_path / "queue.sqlite")
-    storage.connect(p).close()
-    return p
-
-
-@pytest.fixture
-def collector():
-    with LocalCollector(application_id=APP_ID) as c:
-        yield c
 
 
 def invoke(runner, *args, **kwargs):

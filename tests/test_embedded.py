@@ -6,18 +6,10 @@ import multiprocessing
 import os
 import timeit
 
-import pytest
 
 from moesifasgi.settings import parse_settings
 from moesifasgi_flush import embedded
-from moesifasgi_flush.local_collector import LocalCollector
 from tests.flush_support import APP_ID, FAST, eventually, insert_events, query
-
-
-@pytest.fixture
-def collector():
-    with LocalCollector(application_id=APP_ID) as c:
-        yield c
 
 
 def settings_for(path, base_uri, **extra):

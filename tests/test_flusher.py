@@ -12,21 +12,7 @@ import pytest
 from moesifasgi import storage
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.flusher import Flusher
-from moesifasgi_flush.local_collector import LocalCollector
 from tests.flush_support import APP_ID, FAST, eventually, insert_events, query, wait_until
-
-
-@pytest.fixture
-def collector():
-    with LocalCollector(application_id=APP_ID) as c:
-        yield c
-
-
-@pytest.fixture
-def path(tmp_path):
-    p = str(tmp_path / "queue.sqlite")
-    storage.connect(p).close()
-    return p
 
 
 def flusher_for(path, base_uri, **changes):

@@ -5,26 +5,10 @@ import re
 import signal
 import time
 
-import pytest
 
-from moesifasgi import storage
-from moesifasgi_flush.local_collector import LocalCollector
-from tests.flush_support import APP_ID, cli_process, insert_events, query, wait_until
+from tests.flush_support import cli_process, insert_events, query, wait_until
 
 FAST_RUN = ("run", "--lease-seconds", "3", "--renew-interval", "0.5", "--batch-size", "10")
-
-
-@pytest.fixture
-def collector():
-    with LocalCollector(application_id=APP_ID) as c:
-        yield c
-
-
-@pytest.fixture
-def path(tmp_path):
-    p = str(tmp_path / "queue.sqlite")
-    storage.connect(p).close()
-    return p
 
 
 def leader_pid(path):

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -31,12 +31,6 @@ def make_rows(n: int, **extra: object) -> list[str]:
 
 def ids_of(rows: list[str]) -> list[str]:
     return [json.loads(row)["transaction_id"] for row in rows]
-
-
-@pytest.fixture
-def collector() -> Iterator[LocalCollector]:
-    with LocalCollector(application_id=APP_ID) as running:
-        yield running
 
 
 @pytest.fixture
