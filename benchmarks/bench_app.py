@@ -47,6 +47,10 @@ if MODE in ("ours", "original"):
         settings["QUEUE_PATH"] = os.environ["MOESIF_QUEUE_PATH"]
         if os.environ.get("MOESIF_EVENT_QUEUE_SIZE"):
             settings["EVENT_QUEUE_SIZE"] = int(os.environ["MOESIF_EVENT_QUEUE_SIZE"])
+        if os.environ.get("MOESIF_BATCH_SIZE"):
+            settings["BATCH_SIZE"] = int(os.environ["MOESIF_BATCH_SIZE"])
+        if os.environ.get("MOESIF_EVENT_BATCH_TIMEOUT"):
+            settings["EVENT_BATCH_TIMEOUT"] = float(os.environ["MOESIF_EVENT_BATCH_TIMEOUT"])
         if os.environ.get("MOESIF_DURABILITY"):
             settings["DURABILITY"] = os.environ["MOESIF_DURABILITY"]
     app.add_middleware(MoesifMiddleware, settings=settings)

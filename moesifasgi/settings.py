@@ -16,7 +16,7 @@ from .identity import parse_authorization_header_names
 
 DEFAULT_BASE_URI = "https://api.moesif.net"
 DURABILITY_MODES = ("batched", "strict")
-FLUSHER_MODES = ("embedded", "external")
+FLUSHER_MODES = ("embedded", "in-process", "external")
 
 Callback = Callable[..., Any]
 
@@ -41,7 +41,8 @@ class Settings:
     base_uri: str = DEFAULT_BASE_URI
     debug: bool = False
     log_body: bool = True
-    batch_size: int = 25
+    batch_size: int = 100
+    event_batch_timeout: float = 1.0
     event_queue_size: int = 1_000_000
     authorization_header_names: Tuple[str, ...] = ("authorization",)
     authorization_user_id_field: str = "sub"
@@ -101,6 +102,13 @@ def _positive_int(settings: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
+def _non_negative_seconds(settings: Mapping[str, Any], key: str, default: float) -> float:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
+        raise ValueError(f"moesifasgi: {key} must be a number of seconds between 0 and 3600, got {value!r}")
+    return float(value)
+
+
 def _choice(settings: Mapping[str, Any], key: str, choices: Tuple[str, ...]) -> str:
     value = settings.get(key, choices[0])
     if value not in choices:
@@ -140,7 +148,8 @@ def parse_settings(settings: Any) -> Settings:
         base_uri=str(base_uri).rstrip("/"),
         debug=bool(settings.get("DEBUG", False)),
         log_body=bool(settings.get("LOG_BODY", True)),
-        batch_size=_positive_int(settings, "BATCH_SIZE", 25),
+        batch_size=_positive_int(settings, "BATCH_SIZE", 100),
+        event_batch_timeout=_non_negative_seconds(settings, "EVENT_BATCH_TIMEOUT", 1.0),
         event_queue_size=_positive_int(settings, "EVENT_QUEUE_SIZE", 1_000_000),
         authorization_header_names=header_names or ("authorization",),
         authorization_user_id_field=str(settings.get("AUTHORIZATION_USER_ID_FIELD") or "sub").lower(),
@@ -151,7 +160,8 @@ def parse_settings(settings: Any) -> Settings:
         flusher=_choice({"FLUSHER": settings.get("FLUSHER") or os.environ.get("MOESIF_FLUSHER") or "embedded"},
                         "FLUSHER", FLUSHER_MODES),
         max_body_bytes=_positive_int(settings, "MAX_BODY_BYTES", MAX_BODY_BYTES),
-        flush_concurrency=_positive_int(settings, "FLUSH_CONCURRENCY", 4),
+        # The original's EVENT_WORKER_COUNT (threads posting batches) means the same.
+        flush_concurrency=_positive_int(settings, "FLUSH_CONCURRENCY", _positive_int(settings, "EVENT_WORKER_COUNT", 4)),
         capture_outgoing_requests=bool(settings.get("CAPTURE_OUTGOING_REQUESTS", False)),
         log_body_outgoing=bool(settings.get("LOG_BODY_OUTGOING", True)),
         raw=dict(settings),

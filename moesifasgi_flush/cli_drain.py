@@ -17,6 +17,7 @@ import click
 from . import queue_store as qs
 from .flusher import DrainStats, Flusher, FlusherOptions
 from .lease import LEASE_SECONDS, RENEW_INTERVAL
+from .pump import BATCH_WAIT
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _REASONS = {
 def _batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
                       envvar="MOESIF_FLUSH_CONCURRENCY", help="Batches in flight [env MOESIF_FLUSH_CONCURRENCY].")(fn)
-    return click.option("--batch-size", type=click.IntRange(min=1), default=25, show_default=True,
+    return click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
                         envvar="MOESIF_BATCH_SIZE", help="Events per post [env MOESIF_BATCH_SIZE].")(fn)
 
 
@@ -52,13 +53,16 @@ def _on_signals(callback: Callable[[], None]) -> None:
 
 @click.command()
 @_batch_options
+@click.option("--batch-wait", type=click.FloatRange(min=0, max=3600), default=BATCH_WAIT, show_default=True,
+              envvar="MOESIF_BATCH_WAIT",
+              help="Seconds a partial batch waits for more events before it is posted [env MOESIF_BATCH_WAIT].")
 @click.option("--stats-interval", type=float, default=60.0, hidden=True)
 @click.option("--lease-seconds", type=float, default=LEASE_SECONDS, hidden=True)
 @click.option("--renew-interval", type=float, default=RENEW_INTERVAL, hidden=True)
 @click.option("--stop-timeout", type=float, default=8.0, hidden=True)
 @click.pass_obj
-def run(obj: Any, batch_size: int, concurrency: int, stats_interval: float, lease_seconds: float,
-        renew_interval: float, stop_timeout: float) -> None:
+def run(obj: Any, batch_size: int, concurrency: int, batch_wait: float, stats_interval: float,
+        lease_seconds: float, renew_interval: float, stop_timeout: float) -> None:
     """Run the flusher daemon: take the lease and drain the queue until SIGTERM/SIGINT.
 
     Use it with the middleware setting FLUSHER="external". It logs one line a
@@ -71,8 +75,8 @@ def run(obj: Any, batch_size: int, concurrency: int, stats_interval: float, leas
     """
     application_id = obj.require_application_id()
     obj.connect().close()  # a missing or unusable file is a one-line error, before any loop
-    options = FlusherOptions(batch_size=batch_size, concurrency=concurrency, lease_seconds=lease_seconds,
-                             renew_interval=min(renew_interval, lease_seconds / 3), db_in_loop=_db_in_loop(batch_size))
+    options = FlusherOptions(batch_size=batch_size, concurrency=concurrency, batch_wait=batch_wait,
+                             lease_seconds=lease_seconds, renew_interval=min(renew_interval, lease_seconds / 3), db_in_loop=_db_in_loop(batch_size))
     flusher = Flusher(obj.queue_path(), application_id, obj.base_uri, options)
     asyncio.run(_daemon(flusher, stats_interval, stop_timeout))
 

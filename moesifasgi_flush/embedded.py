@@ -2,9 +2,14 @@
 
 The middleware calls `ensure_started(settings)` on lifespan startup and on every
 request (apps without lifespan), from inside the running event loop, and
-`await stop_embedded()` on lifespan shutdown. Every worker's task competes for the
-queue file's lease; the one that holds it drains, the others only check the lease
-every few seconds.
+`await stop_embedded()` on lifespan shutdown. What the task does depends on FLUSHER:
+
+- "embedded" (the default): a `HelperSupervisor` that keeps one helper process
+  draining for all the workers (helper_supervisor.py); the workers only look at
+  the lease every few seconds.
+- "in-process": a `Flusher` on the worker's own loop; every worker competes for
+  the lease and the one that holds it drains.
+- "external": nothing; `moesif-flush run` drains.
 
 Fork safety: nothing is created at import; state is per process. A child forked
 from a process that already started a flusher (gunicorn --preload, multiprocessing)
@@ -25,17 +30,19 @@ if TYPE_CHECKING:  # the middleware imports this module: keep that import light 
     from moesifasgi.settings import Settings
 
     from .flusher import Flusher, FlusherOptions
+    from .helper_supervisor import HelperOptions, HelperSupervisor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ensure_started", "stop_embedded", "running_flushers"]
+__all__ = ["ensure_started", "stop_embedded", "running_flushers", "running_helpers"]
 
 
 @dataclass
 class _Entry:
-    flusher: Optional[Flusher]  # None when FLUSHER="external"
-    task: "Optional[asyncio.Task[None]]"
+    flusher: Optional[Flusher]  # "in-process" (or a helper's fallback)
+    task: "Optional[asyncio.Future[None]]"
     loop: Optional[asyncio.AbstractEventLoop]
+    supervisor: Optional[HelperSupervisor] = None  # "embedded"
 
 
 # queue path -> this process's flusher. The request path only does a membership
@@ -47,18 +54,20 @@ _logged: Set[str] = set()
 _fork_hook_installed = False
 
 
-def ensure_started(settings: Settings, options: Optional[FlusherOptions] = None) -> None:
+def ensure_started(settings: Settings, options: Optional[FlusherOptions] = None,
+                   helper_options: Optional[HelperOptions] = None) -> None:
     """Start this process's flusher for `settings.queue_path` unless it runs already.
 
     Cheap after the first call (one dict lookup). Does nothing but remember the
-    path when `settings.flusher == "external"`.
+    path when `settings.flusher == "external"`. `options` configure an in-process
+    flusher, `helper_options` the helper supervisor (tests shorten their timings).
     """
     if settings.queue_path in _active:
         return
-    _start(settings, options)
+    _start(settings, options, helper_options)
 
 
-def _start(settings: Settings, options: Optional[FlusherOptions]) -> None:
+def _start(settings: Settings, options: Optional[FlusherOptions], helper_options: Optional[HelperOptions]) -> None:
     try:
         _forget_parent_state()
         path = settings.queue_path
@@ -73,20 +82,31 @@ def _start(settings: Settings, options: Optional[FlusherOptions]) -> None:
                       level=logging.WARNING)
             return
         from .flusher import Flusher, FlusherOptions
+        from .helper_supervisor import HelperSupervisor
 
-        opts = options or FlusherOptions(batch_size=settings.batch_size, concurrency=settings.flush_concurrency)
-        flusher = Flusher(path, settings.application_id, settings.base_uri, opts)
-        task = loop.create_task(_supervise(flusher), name=f"moesif-flusher:{path}")
-        entry = _active[path] = _Entry(flusher, task, loop)
+        entry = _Entry(None, None, loop)
+
+        def start_in_process() -> "asyncio.Future[None]":
+            opts = options or FlusherOptions(batch_size=settings.batch_size, concurrency=settings.flush_concurrency,
+                                             batch_wait=settings.event_batch_timeout)
+            entry.flusher = Flusher(path, settings.application_id, settings.base_uri, opts)
+            return asyncio.ensure_future(_supervise(entry.flusher))
+
+        if settings.flusher == "embedded":
+            entry.supervisor = HelperSupervisor(settings, helper_options, fallback=start_in_process)
+            entry.task = loop.create_task(_supervise_helper(entry.supervisor), name=f"moesif-flush-helper:{path}")
+        else:
+            entry.task = start_in_process()
+        _active[path] = entry
         # When the loop ends (tests, servers that restart their loop), the next
         # call from a new loop starts a new flusher.
-        task.add_done_callback(lambda _task: _active.pop(path) if _active.get(path) is entry else None)
+        entry.task.add_done_callback(lambda _task: _active.pop(path) if _active.get(path) is entry else None)
     except Exception:
         _log_once("start", "moesifasgi: cannot start the embedded flusher; events stay queued", exc_info=True)
 
 
 def _forget_parent_state() -> None:
-    global _owner_pid, _fork_hook_installed
+    global _fork_hook_installed
     if not _fork_hook_installed and hasattr(os, "register_at_fork"):
         # Clears the map in a child right after fork, before any request can see a
         # parent's entry; the pid check below covers forks that skip the hook.
@@ -119,6 +139,16 @@ async def _supervise(flusher: Flusher) -> None:
             pass
 
 
+async def _supervise_helper(supervisor: HelperSupervisor) -> None:
+    try:
+        await supervisor.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        _log_once("helper", "moesifasgi: the flusher helper supervisor stopped on an error; events stay queued",
+                  exc_info=True)
+
+
 async def stop_embedded(timeout: float = 5.0) -> None:
     """Stop this process's flushers running on the current loop: in-flight batches
     finish or are released and the lease is released, within about `timeout` seconds."""
@@ -126,10 +156,11 @@ async def stop_embedded(timeout: float = 5.0) -> None:
         if _owner_pid != os.getpid():
             return
         loop = asyncio.get_running_loop()
-        entries = [(path, e) for path, e in _active.items() if e.flusher is not None and e.loop is loop]
+        entries = [(path, e) for path, e in _active.items() if e.task is not None and e.loop is loop]
         for path, entry in entries:
             _active.pop(path, None)
         stops = [entry.flusher.stop(timeout) for _, entry in entries if entry.flusher is not None]
+        stops += [entry.supervisor.stop(timeout) for _, entry in entries if entry.supervisor is not None]
         if stops:
             await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), timeout + 1.0)
         for _, entry in entries:
@@ -140,6 +171,13 @@ async def stop_embedded(timeout: float = 5.0) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
     except Exception:
         _log_once("stop", "moesifasgi: stopping the embedded flusher failed", exc_info=True)
+
+
+def running_helpers() -> Dict[str, HelperSupervisor]:
+    """This process's helper supervisors by queue path (tests and diagnostics)."""
+    if _owner_pid != os.getpid():
+        return {}
+    return {path: e.supervisor for path, e in _active.items() if e.supervisor is not None}
 
 
 def running_flushers() -> Dict[str, Flusher]:

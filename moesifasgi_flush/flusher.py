@@ -24,7 +24,7 @@ from .backoff import Backoff
 from .client import DEFAULT_BASE_URI, MoesifClient
 from .delivery import AUTH_PROBE_INTERVAL, Delivery
 from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
-from .pump import CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
+from .pump import BATCH_WAIT, CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
 from .profile_delivery import deliver_profiles, release_profiles, run_profile_delivery
 from .remote_config import CONFIG_INTERVAL, MIN_FETCH_GAP, RemoteConfig
 
@@ -35,7 +35,10 @@ __all__ = ["DrainStats", "Flusher", "FlusherOptions"]
 
 @dataclass(frozen=True)
 class FlusherOptions:
-    batch_size: int = 25
+    batch_size: int = 100
+    # While leader, a partial batch waits up to this long for more events
+    # (see pump.py); drain() never waits.
+    batch_wait: float = BATCH_WAIT
     concurrency: int = 4
     lease_seconds: float = LEASE_SECONDS
     renew_interval: float = RENEW_INTERVAL
@@ -91,8 +94,13 @@ class Flusher:
 
     # -- the leader loop ----------------------------------------------------------
 
-    async def run(self) -> None:
-        """Compete for the lease and drain while leader, until `stop()`."""
+    async def run(self, *, standby: bool = True) -> None:
+        """Compete for the lease and drain while leader, until `stop()`.
+
+        With `standby=False` it returns instead of waiting whenever another
+        process holds the lease (the embedded helper process: its worker starts a
+        new one when the lease falls free).
+        """
         self._stop = asyncio.Event()
         self._running = asyncio.current_task()
         failing = False
@@ -108,6 +116,11 @@ class Flusher:
                     failing, acquired = True, None
                 if acquired is not None and acquired.leader:
                     await self._lead(acquired.previous_owner)
+                    if not standby:
+                        break
+                elif not standby and acquired is not None:
+                    logger.info("another process drains %s; this one exits", self.queue_path)
+                    break
                 else:
                     await self._wait_stop(self.options.renew_interval)
         finally:
@@ -166,7 +179,8 @@ class Flusher:
     def _new_pump(self) -> Pump:
         o = self.options
         return Pump(self.db, self.delivery, self.owner, batch_size=o.batch_size, concurrency=o.concurrency,
-                    claim_seconds=o.claim_seconds, idle_poll=o.idle_poll, max_batch_bytes=o.max_batch_bytes)
+                    claim_seconds=o.claim_seconds, idle_poll=o.idle_poll, max_batch_bytes=o.max_batch_bytes,
+                    batch_wait=o.batch_wait)
 
     async def _wait_stop(self, seconds: float, also: "Optional[asyncio.Future[None]]" = None) -> None:
         assert self._stop is not None

@@ -15,10 +15,11 @@ from moesifasgi_flush.flusher import FlusherOptions
 APP_ID = "test-app-id"
 
 # Everything that waits in production (leases, backoff, probes) shortened so the
-# whole suite stays fast; the logic under test is the same.
+# whole suite stays fast; the logic under test is the same. Partial batches go out
+# at once (batch_wait 0); tests/test_batch_wait.py covers the waiting.
 FAST = FlusherOptions(batch_size=10, concurrency=4, lease_seconds=2.0, renew_interval=0.3, idle_poll=0.02,
                       backoff_initial=0.05, backoff_max=0.2, auth_probe_interval=0.5, shutdown_grace=2.0,
-                      config_min_gap=0.1)
+                      config_min_gap=0.1, batch_wait=0.0)
 
 
 def event_json(tid: str, **extra: object) -> str:

@@ -13,7 +13,7 @@ from tests.flush_support import APP_ID, FAST, eventually, insert_events, query
 
 
 def settings_for(path, base_uri, **extra):
-    return parse_settings({"APPLICATION_ID": APP_ID, "QUEUE_PATH": path, "BASE_URI": base_uri, "FLUSHER": "embedded",
+    return parse_settings({"APPLICATION_ID": APP_ID, "QUEUE_PATH": path, "BASE_URI": base_uri, "FLUSHER": "in-process",
                            **extra})
 
 
