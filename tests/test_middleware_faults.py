@@ -39,6 +39,9 @@ def make_app(queue_path: str, **settings) -> FastAPI:
         ({"APPLICATION_ID": "   "}, ValueError),
         ({"APPLICATION_ID": "x", "DURABILITY": "maybe"}, ValueError),
         ({"APPLICATION_ID": "x", "BATCH_SIZE": 0}, ValueError),
+        ({"APPLICATION_ID": "x", "EVENT_BATCH_TIMEOUT": -1}, ValueError),
+        ({"APPLICATION_ID": "x", "EVENT_BATCH_TIMEOUT": "1"}, ValueError),
+        ({"APPLICATION_ID": "x", "FLUSHER": "thread"}, ValueError),
         ({"APPLICATION_ID": "x", "SKIP": "not callable"}, TypeError),
     ],
 )
