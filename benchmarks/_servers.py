@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,18 +73,32 @@ class AppServer:
         wait_for_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def _session(self) -> List[Tuple[int, int, str]]:
+        """(pid, parent pid, command) of every process of the server's session."""
+        out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-s", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        rows = []
+        for line in out.splitlines():
+            pid, ppid, args = line.split(None, 2)
+            rows.append((int(pid), int(ppid), args))
+        return rows
+
     def pids(self) -> List[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [self.proc.pid] + [int(p) for p in out.split()]
+        """The server process and its workers (not the flusher helper a worker starts)."""
+        return [self.proc.pid] + [pid for pid, ppid, args in self._session()
+                                  if ppid == self.proc.pid and "moesifasgi_flush.helper" not in args]
+
+    def helper_pids(self) -> List[int]:
+        return [pid for pid, _, args in self._session() if "moesifasgi_flush.helper" in args]
 
     def worker_pids(self) -> List[int]:
         """The worker processes (children of the server process)."""
         return self.pids()[1:]
 
     def rss_kb(self) -> int:
-        """Sum of resident memory of the server and its workers, in KiB."""
+        """Sum of resident memory of the server, its workers and their flusher helper, in KiB."""
         total = 0
-        for pid in self.pids():
+        for pid, _, _ in self._session():
             try:
                 with open(f"/proc/{pid}/status") as f:
                     for line in f:

@@ -102,7 +102,7 @@ async def drain(path: str, url: str, batch_size: int, concurrency: int, db_in_lo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch-size", type=int, default=25, help="BATCH_SIZE (default 25, as the setting)")
+    parser.add_argument("--batch-size", type=int, default=100, help="BATCH_SIZE (default 100, as the setting)")
     parser.add_argument("--concurrency", type=int, default=4, help="FLUSH_CONCURRENCY (default 4)")
     parser.add_argument("--queue", help="queue file (default: a new temporary file)")
     parser.add_argument("--db-thread", choices=["auto", "yes", "no"], default="auto",

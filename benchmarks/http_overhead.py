@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--server", choices=["uvicorn", "gunicorn"], default="uvicorn")
     parser.add_argument("--endpoint", default="/json", choices=["/json", "/echo", "/stream"])
     parser.add_argument("--durability", choices=["batched", "strict"])
-    parser.add_argument("--flusher", choices=["embedded", "external"], default="embedded")
+    parser.add_argument("--flusher", choices=["embedded", "in-process", "external"], default="embedded")
     parser.add_argument("--original-python", help="a python with moesifasgi 1.1.8 installed, to add it to the comparison")
     args = parser.parse_args()
 

@@ -251,12 +251,12 @@ class QueueWriter:
             self._inode_checked = now
             # If the file or its directory was removed, our connection writes into
             # an unlinked inode that nobody will ever drain: reopen instead.
-            if _file_identity(self.path) != self._inode:
+            if storage.file_identity(self.path) != self._inode:
                 problems.report("replaced", "moesifasgi: queue file %s was removed or replaced; reopening", self.path)
                 self._reset_connection()
         if self._conn is None:
             self._conn = storage.connect(self.path)
-            self._inode = _file_identity(self.path)
+            self._inode = storage.file_identity(self.path)
             self._inode_checked = now
         return self._conn
 
@@ -280,14 +280,6 @@ class QueueWriter:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
-
-
-def _file_identity(path: str) -> Optional[Tuple[int, int]]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 # -- one writer per queue file per process ---------------------------------------------

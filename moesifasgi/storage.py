@@ -14,7 +14,7 @@ import re
 import sqlite3
 import time
 from importlib import resources
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 BUSY_TIMEOUT_MS = 5000
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
@@ -58,6 +58,20 @@ def _create_private_file(path: str) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+def file_identity(path: str) -> Optional[Tuple[int, int]]:
+    """(device, inode) of the file at `path`, None when there is none.
+
+    A connection keeps using the inode it opened: when the file or its directory
+    is removed or replaced, comparing this with the value at open time is how a
+    long-lived connection notices it writes to (or drains) a file nobody else sees.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.Connection:

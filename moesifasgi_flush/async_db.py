@@ -9,13 +9,16 @@ same functions the CLI uses, one hop each, is both faster and simpler.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from moesifasgi import storage
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncDB:
@@ -32,12 +35,19 @@ class AsyncDB:
         self.path = path
         self.in_loop = in_loop
         self._conn: Optional[sqlite3.Connection] = None
+        self._identity: Optional[Tuple[int, int]] = None
         self._executor: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="moesif-flush-db")
 
     def _call(self, fn: Callable[..., T], args: tuple, kwargs: Dict[str, Any]) -> T:
+        if self._conn is not None and storage.file_identity(self.path) != self._identity:
+            # The file or its directory was removed or replaced: the workers write
+            # to the new file now, and draining the old inode would strand them.
+            logger.warning("queue file %s was removed or replaced; reopening", self.path)
+            self._close_conn()
         if self._conn is None:
             self._conn = storage.connect(self.path)
+            self._identity = storage.file_identity(self.path)
         return fn(self._conn, *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -162,7 +162,8 @@ class Flusher:
                     logger.warning("cannot renew the flusher lease: %s", exc)
                     continue
                 if not still_leader:
-                    logger.warning("another process took over the flusher lease; stopping to drain")
+                    logger.warning("lost the flusher lease (another process took it, or the queue file "
+                                   "was replaced); stopping to drain")
                     break
         finally:
             pump.request_stop()

@@ -65,6 +65,7 @@ class HelperSupervisor:
         self._stopping = False
         self._failing = False
         self._conn: Optional[sqlite3.Connection] = None
+        self._identity: Optional[Tuple[int, int]] = None
 
     # -- the loop ----------------------------------------------------------------
 
@@ -114,8 +115,12 @@ class HelperSupervisor:
     def _lease_held(self) -> bool:
         # One connection, used by one check at a time (from pool threads, hence
         # storage's check_same_thread=False).
+        path = self.settings.queue_path
+        if self._conn is not None and storage.file_identity(path) != self._identity:
+            self._close_conn()  # replaced: the old file's lease means nothing now
         if self._conn is None:
-            self._conn = storage.connect(self.settings.queue_path)
+            self._conn = storage.connect(path)
+            self._identity = storage.file_identity(path)
         try:
             return current_leader(self._conn) is not None
         except Exception:

@@ -240,6 +240,7 @@ async def run_profile_delivery(db: Any, client: MoesifClient, *, owner: str, bat
     """
     run, owned = _runner(db)
     backoff = Backoff(1.0, 60.0)
+    failing = False
     try:
         while True:
             wait = interval
@@ -253,10 +254,17 @@ async def run_profile_delivery(db: Any, client: MoesifClient, *, owner: str, bat
                             wait = backoff.next_delay(stats.retry_after)
                         else:
                             backoff.reset()
+                    failing = False
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    logger.exception("delivering profiles failed; retrying shortly")
+                except Exception as exc:
+                    # With a traceback once per episode; a broken file would
+                    # otherwise log one every few seconds.
+                    if failing:
+                        logger.debug("delivering profiles failed again: %s", exc)
+                    else:
+                        logger.exception("delivering profiles failed; retrying shortly")
+                    failing = True
                     wait = 5.0
             await asyncio.sleep(max(wait, min(paused(), 5.0)))
     finally:

@@ -73,6 +73,7 @@ class Pump:
         self._claim_gate = asyncio.Lock()
         self._until_empty = False
         self._deadline: Optional[float] = None
+        self._failing = False  # shared by the workers: one log line per episode
         self.grace = 5.0  # seconds in-flight posts get after a stop (the owner may lower it)
 
     def request_stop(self) -> None:
@@ -162,13 +163,21 @@ class Pump:
                 continue
             try:
                 await self._one_batch(number)
+                if self._failing:
+                    self._failing = False
+                    logger.warning("flushing works again")
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A database hiccup (locked past the busy timeout, disk full) must
-                # not kill the worker: the claimed rows come back when released or
-                # expired, and we try again a moment later.
-                logger.exception("flushing a batch failed; retrying shortly")
+            except Exception as exc:
+                # A database hiccup (locked past the busy timeout, disk full, the
+                # file removed) must not kill the worker: the claimed rows come
+                # back when released or expired, and we try again a moment later.
+                # The traceback once per episode, not once a second per worker.
+                if self._failing:
+                    logger.debug("flushing a batch failed again: %s", exc)
+                else:
+                    logger.exception("flushing a batch failed; retrying shortly")
+                self._failing = True
                 await self._release_held(number)
                 await self._sleep(1.0)
         await self._flush_ack(number)

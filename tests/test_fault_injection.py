@@ -55,6 +55,7 @@ def test_kill_9_of_a_worker_loses_nothing_when_strict_and_a_bounded_few_when_bat
 def test_kill_9_of_the_leader_mid_post_loses_nothing_and_duplicates_share_an_id() -> None:
     (o,) = run(faults.scenario_kill_leader)
     assert o.extra["killed"], "no leader was found to kill"
+    assert o.extra["new_leader"] not in (None, o.extra["killed"]), "no new helper took over"
     assert o.lost == 0
     # Duplicates are counted by transaction_id: a re-posted batch repeats ids, never invents new ones.
     assert o.delivered + o.duplicates >= o.ok
@@ -80,3 +81,9 @@ def test_the_app_keeps_answering_200_when_the_queue_directory_is_removed_or_unus
     assert o.ok > 100
     assert o.non_2xx == 0 and o.no_response == 0
     assert o.extra["recreated"], "the removed queue directory was not recreated"
+    assert o.extra["dropped_after"] > 0, "events dropped while the path was unusable were not counted"
+    # The flusher follows the file to its new inode: events written after the
+    # repair reach Moesif (draining the removed file would strand them).
+    assert o.delivered > o.extra["ok_before_removal"]
+    # Logged, but once per episode and process, not per event or per retry.
+    assert 1 <= o.extra["log_messages"] <= 20, o.line()
