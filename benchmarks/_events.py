@@ -51,3 +51,31 @@ def read_record_file(path: str) -> Iterable[Dict[str, Any]]:
                     continue
     except FileNotFoundError:
         return
+
+
+class RawRecordReader:
+    """Events of a `local_collector --record-raw` file, decoded as they arrive.
+
+    The collector stores posts undecoded so that it costs the benchmarked
+    machine next to nothing during the load; `poll()` decodes what was added
+    since the last call (after the load, while delivery is awaited).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.events: list = []
+        self._offset = 0
+
+    def poll(self) -> int:
+        from moesifasgi_flush.local_collector import read_raw_frames
+
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        events, used = read_raw_frames(data)
+        self.events.extend(events)
+        self._offset += used
+        return len(self.events)

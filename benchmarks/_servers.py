@@ -34,11 +34,13 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 class Collector:
     """The loopback Moesif stand-in, in its own process so it never shares our GIL."""
 
-    def __init__(self, record: Optional[str] = None) -> None:
+    def __init__(self, record: Optional[str] = None, raw_record: Optional[str] = None) -> None:
         self.port = free_port()
         cmd = [sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", str(self.port)]
         if record:
             cmd += ["--record", record]
+        if raw_record:
+            cmd += ["--record-raw", raw_record]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_for_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"

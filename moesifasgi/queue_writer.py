@@ -181,6 +181,10 @@ class QueueWriter:
                 return len(items) + len(barriers)
             self._fail(items, exc)
         except Exception as exc:  # disk full, read-only, corrupt, removed...
+            if self._moved_corrupt_file(exc):
+                # A fresh file takes this group: nothing of it is lost.
+                self._buffer.extendleft(reversed(barriers + items))  # type: ignore[operator]
+                return len(items) + len(barriers)
             self._fail(items, exc)
         else:
             self.committed += accepted
@@ -233,6 +237,27 @@ class QueueWriter:
             with self._drops_lock:
                 self._uncounted_drops += drops
 
+    def _moved_corrupt_file(self, exc: Exception) -> bool:
+        """When the file is corrupt, move it aside (once, whichever process sees it
+        first); True when the path now leads to another file, to retry there."""
+        if not storage.is_corruption(exc):
+            return False
+        # The identity seen when the failing connection was opened (or attempted),
+        # never a fresh look: another process may have replaced the file already.
+        corrupt = self._inode
+        self._reset_connection()
+        try:
+            moved = storage.quarantine(self.path, corrupt)
+        except OSError as move_error:
+            problems.report("quarantine-failed", "moesifasgi: the queue file %s is corrupt (%s) and cannot be "
+                            "moved aside (%s); events are dropped and counted until it is replaced",
+                            self.path, exc, move_error, level=logging.ERROR)
+            return False
+        if moved:
+            problems.report("quarantined", "moesifasgi: the queue file %s is corrupt (%s); it was moved to %s "
+                            "and a new queue file started", self.path, exc, moved, level=logging.ERROR)
+        return corrupt is not None and storage.file_identity(self.path) != corrupt
+
     def _fail(self, items: List[Tuple[EventRow, Optional[DoneCallback]]], exc: Exception) -> None:
         problems.report(
             f"write-{type(exc).__name__}",
@@ -255,8 +280,10 @@ class QueueWriter:
                 problems.report("replaced", "moesifasgi: queue file %s was removed or replaced; reopening", self.path)
                 self._reset_connection()
         if self._conn is None:
+            self._inode = storage.file_identity(self.path)  # kept if connect fails (see _moved_corrupt_file)
             self._conn = storage.connect(self.path)
-            self._inode = storage.file_identity(self.path)
+            if self._inode is None:  # connect created it
+                self._inode = storage.file_identity(self.path)
             self._inode_checked = now
         return self._conn
 

@@ -9,6 +9,7 @@ workers starting at once migrate exactly once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import sqlite3
@@ -22,6 +23,54 @@ _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
 class QueueError(Exception):
     """The queue file cannot be used (wrong path, corrupt, newer schema...)."""
+
+
+# SQLite's primary result codes for a damaged file and for a file that is not a
+# database at all.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) says the file is damaged or not SQLite.
+
+    Only these, never "locked", "readonly" or I/O errors: those pass, and moving
+    a healthy file aside would strand its events.
+    """
+    while exc is not None:
+        if isinstance(exc, sqlite3.DatabaseError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+            text = str(exc)
+            return "file is not a database" in text or "malformed" in text
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def quarantine(path: str, corrupt_identity: Optional[Tuple[int, int]]) -> Optional[str]:
+    """Move the corrupt queue file at `path` (and its -wal/-shm) aside, so that the
+    next connection starts a fresh queue; returns the new name.
+
+    Nothing is moved unless `path` is still the very file found corrupt: when
+    several workers notice at once, the first moves it and the others must not
+    move the fresh file that replaced it. An flock on `<path>.lock` orders them.
+    The damaged file is kept for inspection (`sqlite3 FILE .recover`), never deleted.
+    """
+    if corrupt_identity is None:
+        return None
+    with open(path + ".lock", "ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if file_identity(path) != corrupt_identity:
+            return None
+        target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        os.rename(path, target)
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.rename(path + suffix, target + suffix)
+            except FileNotFoundError:
+                pass
+        return target
 
 
 class SchemaTooNewError(QueueError):

@@ -56,15 +56,22 @@ class LocalCollector(FaultPlan):
 
     ``keep_events=False`` keeps only ids and counts, for long benchmarks.
     ``record_file`` appends every received event as a JSON line.
+    ``raw_record_file`` is for throughput benchmarks: event posts are appended
+    undecoded (see `write_raw_frame`) and answered 201 at once, so that the
+    stand-in spends next to no CPU on a machine it shares with the app under test
+    (in production that work is Moesif's); decode the file after the load with
+    `read_raw_frames`. Poison-row rejection does not apply to them.
     Fault programming (``fail_next``, ``fail_for``, ``reject_events_where``,
     ``delay``, ``reset_faults``) comes from ``FaultPlan``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, application_id: str | None = None,
-                 *, keep_events: bool = True, record_file: str | None = None) -> None:
+                 *, keep_events: bool = True, record_file: str | None = None,
+                 raw_record_file: str | None = None) -> None:
         self.host, self.port, self.application_id = host, port, application_id
         self.keep_events = keep_events
         self._record = open(record_file, "a", encoding="utf-8") if record_file else None
+        self._raw = open(raw_record_file, "ab") if raw_record_file else None
         self._cond = threading.Condition(threading.Lock())
         self.events: list[dict[str, Any]] = []
         self.users: list[dict[str, Any]] = []
@@ -127,8 +134,11 @@ class LocalCollector(FaultPlan):
         self.stop()
         with self._cond:
             record, self._record = self._record, None
+            raw, self._raw = self._raw, None
         if record is not None:
             record.close()
+        if raw is not None:
+            raw.close()
 
     def __enter__(self) -> LocalCollector:
         return self.start()
@@ -203,6 +213,10 @@ class LocalCollector(FaultPlan):
     def _ingest(self, path: str, route: tuple[str, bool], headers: Mapping[str, str],
                 body: bytes) -> Reply:
         kind, is_batch = route
+        if self._raw is not None and kind == "events" and is_batch:
+            with self._cond:
+                write_raw_frame(self._raw, headers, body)
+            return Reply(201, {"X-Moesif-Config-ETag": self.config_etag}, _CREATED, 0)
         problems = header_problems(path, headers)
         try:
             items = decode_items(headers, body, is_batch)
@@ -254,12 +268,38 @@ class LocalCollector(FaultPlan):
             self.request_log.append((method, path, status, items))
 
 
+def write_raw_frame(out: Any, headers: Mapping[str, str], body: bytes) -> None:
+    """One posted batch: b"G" (gzip) or b"P" (plain), 4-byte big-endian length, the body."""
+    gzipped = (headers.get("Content-Encoding") or "").lower() == "gzip"
+    out.write((b"G" if gzipped else b"P") + len(body).to_bytes(4, "big") + body)
+    out.flush()
+
+
+def read_raw_frames(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """(events decoded from the complete frames in `data`, bytes consumed)."""
+    events: list[dict[str, Any]] = []
+    pos = 0
+    while pos + 5 <= len(data):
+        size = int.from_bytes(data[pos + 1:pos + 5], "big")
+        if pos + 5 + size > len(data):
+            break  # a frame still being written
+        kind, body = data[pos:pos + 1], data[pos + 5:pos + 5 + size]
+        pos += 5 + size
+        try:
+            events.extend(decode_items({"Content-Encoding": "gzip" if kind == b"G" else ""}, body, True))
+        except ValueError:
+            continue
+    return events, pos
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a loopback Moesif-compatible collector.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--app-id", default=None, help="accept only this application id")
     parser.add_argument("--record", metavar="FILE.jsonl", help="append events as JSON lines")
+    parser.add_argument("--record-raw", metavar="FILE",
+                        help="append event posts undecoded (benchmarks: decode later with read_raw_frames)")
     parser.add_argument("--verbose", action="store_true", help="print a summary every few seconds")
     parser.add_argument("--interval", type=float, default=5.0, help="summary period (seconds)")
     args = parser.parse_args(argv)
@@ -269,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: stop_signals.append(signum))
     collector = LocalCollector(args.host, args.port, args.app_id,
-                               keep_events=False, record_file=args.record)
+                               keep_events=False, record_file=args.record, raw_record_file=args.record_raw)
     collector.start()
     print(f"listening on {collector.url}", flush=True)
     last_time, last_events = time.monotonic(), 0

@@ -102,9 +102,28 @@ def test_a_non_json_body_that_claims_to_be_json_is_sent_as_base64(queue_path):
     assert event["request"]["transfer_encoding"] == "base64"
 
 
-def test_an_unusable_queue_file_never_breaks_the_app_and_is_logged_once(tmp_path, caplog):
+def test_a_corrupt_queue_file_is_moved_aside_once_and_a_new_one_takes_the_events(tmp_path, caplog):
     path = tmp_path / "broken.sqlite"
-    path.write_bytes(b"corrupt " * 1000)
+    damaged = b"corrupt " * 1000
+    path.write_bytes(damaged)
+    client = TestClient(make_app(str(path)))
+    with caplog.at_level(logging.WARNING, logger="moesifasgi"):
+        for _ in range(20):
+            assert client.get("/ok").status_code == 200
+        from moesifasgi import queue_writer
+
+        queue_writer.flush_all()
+    errors = [r for r in caplog.records if "is corrupt" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].levelno == logging.ERROR
+    [moved] = tmp_path.glob("broken.sqlite.corrupt-*")
+    assert moved.read_bytes() == damaged  # kept for inspection, untouched
+    assert str(moved) in errors[0].getMessage()
+    assert len(read_events(str(path))) == 20  # nothing lost: the fresh file took them all
+
+
+def test_a_queue_file_that_cannot_be_opened_never_breaks_the_app_and_is_logged_once(tmp_path, caplog):
+    path = tmp_path / "a-directory.sqlite"
+    path.mkdir()  # not corrupt, just unusable: it must not be moved
     client = TestClient(make_app(str(path)))
     with caplog.at_level(logging.WARNING, logger="moesifasgi"):
         for _ in range(20):
@@ -114,6 +133,7 @@ def test_an_unusable_queue_file_never_breaks_the_app_and_is_logged_once(tmp_path
         queue_writer.flush_all()
     errors = [r for r in caplog.records if "cannot write to the queue file" in r.getMessage()]
     assert len(errors) == 1
+    assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
 
 
 def test_an_unwritable_queue_directory_never_breaks_the_app(tmp_path):

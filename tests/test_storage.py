@@ -51,6 +51,29 @@ def test_a_corrupt_file_is_reported_as_a_queue_error(tmp_path):
         storage.connect(str(path))
 
 
+def test_corruption_is_told_apart_from_other_database_errors(tmp_path):
+    path = tmp_path / "q.sqlite"
+    path.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(storage.QueueError) as caught:
+        storage.connect(str(path))
+    assert storage.is_corruption(caught.value)
+    assert not storage.is_corruption(sqlite3.OperationalError("database is locked"))
+    assert not storage.is_corruption(OSError("disk full"))
+
+
+def test_quarantine_moves_only_the_file_that_was_found_corrupt(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    with open(path, "wb") as f:
+        f.write(b"garbage" * 100)
+    corrupt = storage.file_identity(path)
+    os.rename(path, path + ".gone")  # another worker replaced it meanwhile...
+    storage.connect(path).close()  # ...with a fresh queue
+    assert storage.quarantine(path, corrupt) is None
+    assert storage.file_identity(path) is not None and not list(tmp_path.glob("*.corrupt-*"))
+    moved = storage.quarantine(path + ".gone", corrupt)
+    assert moved is not None and os.path.exists(moved) and not os.path.exists(path + ".gone")
+
+
 def test_migration_statements_keep_trigger_bodies_whole():
     sql = storage.migrations()[0][2]
     statements = list(storage._statements(sql))
