@@ -143,6 +143,8 @@ class HelperSupervisor:
         return handle
 
     def _spawn(self) -> bool:
+        if self._stopping:  # stop() ran while this check awaited the lease
+            return False
         # Started from the event loop's thread on purpose: PR_SET_PDEATHSIG fires
         # when the *thread* that forked the child exits, and a pool thread may.
         try:
