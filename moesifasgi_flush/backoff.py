@@ -66,9 +66,9 @@ class Backoff:
     multiplier), which keeps delays from collapsing to near zero. ``none`` is the
     plain ceiling, mostly for tests and tooling.
 
-    A server's ``Retry-After`` is a floor, not a suggestion: we wait at least that
-    long, but never longer than ``max_retry_after`` so a hostile or buggy header
-    cannot park the flusher for hours.
+    A server's ``Retry-After`` is the delay: the server knows when it will take
+    requests again, whatever our backoff has grown to. It is capped at
+    ``max_retry_after`` so a hostile or buggy header cannot park the flusher for hours.
     """
 
     def __init__(
@@ -123,8 +123,12 @@ class Backoff:
             delay = self.ceiling()
         self._previous = delay
         self._attempts += 1
-        if retry_after is not None and retry_after > 0:
-            delay = max(delay, min(float(retry_after), self.max_retry_after))
+        if retry_after is not None and retry_after >= 0:
+            # The server said when to come back: after a long outage the backoff
+            # has grown toward its cap, and taking the larger of the two kept a
+            # recovered collector waiting up to a minute for nothing. The attempt
+            # still counts, so failures without the header keep growing the delay.
+            delay = min(float(retry_after), self.max_retry_after)
         return delay
 
     def reset(self) -> None:

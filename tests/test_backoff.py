@@ -83,10 +83,13 @@ def test_decorrelated_jitter_stays_between_initial_and_three_times_the_previous_
     assert max(delays) > 10.0  # it does grow toward the cap
 
 
-def test_retry_after_is_a_floor_above_the_backoff() -> None:
+def test_retry_after_is_the_delay_whatever_the_backoff_has_grown_to() -> None:
     backoff = Backoff(initial=1.0, maximum=60.0, jitter="none")
-    assert backoff.next_delay(retry_after=120.0) == 120.0
-    assert backoff.next_delay(retry_after=0.5) == 2.0  # shorter than backoff: backoff wins
+    assert backoff.next_delay(retry_after=120.0) == 120.0  # longer than the backoff
+    for _ in range(6):
+        backoff.next_delay()  # a long outage: the backoff is at its 60 s cap now
+    assert backoff.next_delay(retry_after=2.0) == 2.0  # the server's word wins
+    assert backoff.next_delay() == 60.0  # without the header, still backing off
 
 
 def test_huge_retry_after_is_capped() -> None:

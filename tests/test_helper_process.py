@@ -86,12 +86,15 @@ async def test_without_a_usable_python_the_worker_drains_itself(tmp_path, collec
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
 
 
-def _worker(path, base_uri, seconds, results):
+def _worker(path, base_uri, seconds, results, all_reported):
     async def main():
         embedded.ensure_started(settings_for(path, base_uri), helper_options=QUICK)
         supervisor = embedded.running_helpers()[path]
         await asyncio.sleep(seconds)
         results.put((os.getpid(), supervisor.helpers_started))
+        # Nobody stops before everyone has counted: when the worker that started
+        # the helper stops, another one rightly starts a new helper.
+        await asyncio.to_thread(all_reported.wait, 15)
         await embedded.stop_embedded()
 
     asyncio.run(main())
@@ -103,7 +106,8 @@ def test_of_several_workers_exactly_one_starts_a_helper_and_every_event_arrives_
     tids = insert_events(path, 400, prefix="b")
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(path, collector.url, 4.0, results)) for _ in range(3)]
+    all_reported = ctx.Barrier(3)
+    workers = [ctx.Process(target=_worker, args=(path, collector.url, 4.0, results, all_reported)) for _ in range(3)]
     for w in workers:
         w.start()
     assert collector.wait_for(401, timeout=15)

@@ -71,10 +71,8 @@ def test_drops_counted_before_the_queue_exist_reach_the_durable_counter(tmp_path
 
 
 def test_an_unwritable_queue_drops_and_counts_without_raising(tmp_path, caplog):
-    directory = tmp_path / "ro"
-    directory.mkdir()
-    path = directory / "q.sqlite"
-    path.write_bytes(b"garbage, not sqlite" * 100)
+    path = tmp_path / "q.sqlite"
+    path.mkdir()  # unusable, yet not corrupt: nothing to move aside (root ignores chmod)
     writer = QueueWriter(str(path), capacity=10)
     outcomes = []
     for i in range(20):
@@ -85,6 +83,22 @@ def test_an_unwritable_queue_drops_and_counts_without_raising(tmp_path, caplog):
     assert writer.dropped == 20
     errors = [r for r in caplog.records if "cannot write to the queue file" in r.getMessage()]
     assert 1 <= len(errors) <= 2  # once, not once per event
+    assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_a_corrupt_queue_file_is_moved_aside_and_the_events_go_to_a_fresh_one(tmp_path, caplog):
+    path = tmp_path / "q.sqlite"
+    path.write_bytes(b"garbage, not sqlite" * 100)
+    writer = QueueWriter(str(path), capacity=100)
+    outcomes = []
+    for i in range(20):
+        assert writer.submit(_row(i), outcomes.append)
+    writer.flush(5)
+    writer.close()
+    assert outcomes == [True] * 20 and writer.dropped == 0
+    assert _counters(str(path))["pending"] == 20
+    [moved] = tmp_path.glob("q.sqlite.corrupt-*")
+    assert moved.read_bytes() == b"garbage, not sqlite" * 100
 
 
 def test_a_removed_queue_directory_is_recreated_and_writing_resumes(tmp_path):
