@@ -5,7 +5,8 @@
 
 Runs alternate (bare, ours, bare, ours, ...) so that drift on a shared machine
 hits both; each figure printed is the median over the rounds. A loopback Moesif
-collector runs in its own process and receives what the flusher sends.
+collector runs in its own process and receives what the flusher sends (stored
+undecoded, so that it costs the machine next to nothing).
 """
 from __future__ import annotations
 
@@ -59,8 +60,10 @@ def main() -> None:
     if args.original_python:
         modes["original"] = args.original_python
     results: Dict[str, List[WrkResult]] = {m: [] for m in modes}
-    collector = Collector()
     with tempfile.TemporaryDirectory() as queue_dir:
+        # Posts stored undecoded, as in compare.py: the stand-in's CPU is Moesif's
+        # in production and must not be charged to the app under test.
+        collector = Collector(raw_record=os.path.join(queue_dir, "posts.raw"))
         try:
             for round_no in range(args.rounds):
                 for mode, python in modes.items():
