@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional, Set
 
 if TYPE_CHECKING:  # the middleware imports this module: keep that import light and acyclic
     from moesifasgi.settings import Settings
@@ -124,14 +124,19 @@ def _after_fork() -> None:
     _owner_pid = os.getpid()
 
 
-async def _supervise(flusher: Flusher) -> None:
+async def _logging_failure(work: Awaitable[None], key: str, what: str) -> None:
+    """Await `work`; an error is logged once and goes no further (never into the app)."""
     try:
-        await flusher.run()
+        await work
     except asyncio.CancelledError:
         raise
     except Exception:
-        _log_once("run", "moesifasgi: the embedded flusher stopped on an error; events stay queued",
-                  exc_info=True)
+        _log_once(key, f"moesifasgi: {what} stopped on an error; events stay queued", exc_info=True)
+
+
+async def _supervise(flusher: Flusher) -> None:
+    try:
+        await _logging_failure(flusher.run(), "run", "the embedded flusher")
     finally:
         try:
             await asyncio.shield(flusher.aclose())
@@ -140,13 +145,7 @@ async def _supervise(flusher: Flusher) -> None:
 
 
 async def _supervise_helper(supervisor: HelperSupervisor) -> None:
-    try:
-        await supervisor.run()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        _log_once("helper", "moesifasgi: the flusher helper supervisor stopped on an error; events stay queued",
-                  exc_info=True)
+    await _logging_failure(supervisor.run(), "helper", "the flusher helper supervisor")
 
 
 async def stop_embedded(timeout: float = 5.0) -> None:
