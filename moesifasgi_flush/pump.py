@@ -185,7 +185,7 @@ class Pump:
     async def _one_batch(self, number: int) -> None:
         if self.batch_wait > 0 and not self._until_empty:
             async with self._claim_gate:
-                if not await self._wait_for_batch(number):
+                if not await self._wait_for_batch():
                     return
                 rows = await self._ack_and_claim(number)
         else:
@@ -220,7 +220,7 @@ class Pump:
             self._holding[number] = [r.id for r in rows]
         return rows
 
-    async def _wait_for_batch(self, number: int) -> bool:
+    async def _wait_for_batch(self) -> bool:
         """Wait until `batch_size` events are claimable, or some have waited
         `batch_wait` seconds; False when the pump stops first.
 
