@@ -9,11 +9,15 @@ workers starting at once migrate exactly once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import sqlite3
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; see quarantine()
+    fcntl = None  # type: ignore[assignment]
 from importlib import resources
 from typing import Iterator, List, Optional, Tuple
 
@@ -60,7 +64,8 @@ def quarantine(path: str, corrupt_identity: Optional[Tuple[int, int]]) -> Option
     if corrupt_identity is None:
         return None
     with open(path + ".lock", "ab") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if fcntl is not None:  # without it, the identity check alone narrows the race
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         if file_identity(path) != corrupt_identity:
             return None
         target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import fcntl
 import logging
 import os
 import random
@@ -30,6 +29,11 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 from moesifasgi import storage
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock to elect the worker that starts the helper
+    fcntl = None  # type: ignore[assignment]
 
 from .lease import LEASE_SECONDS, current_leader
 
@@ -70,7 +74,10 @@ class HelperSupervisor:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        while not self._stopping:
+        if fcntl is None and self._fallback is not None:
+            logger.info("moesifasgi: no flock on this system; the workers drain the queue in-process")
+            self._fallback_task = self._fallback()
+        while not self._stopping and self._fallback_task is None:
             try:
                 await self.check()
                 self._failing = False
@@ -80,10 +87,11 @@ class HelperSupervisor:
                     "moesifasgi: cannot check the flusher helper (%s); events stay queued, retrying", exc)
                 self._failing = True
             if self._fallback_task is not None:
-                await self._fallback_task
-                return
+                break
             # Jitter keeps the workers of one host from checking in lockstep.
             await asyncio.sleep(self.options.check_interval * random.uniform(0.8, 1.2))
+        if self._fallback_task is not None:
+            await self._fallback_task
 
     async def check(self) -> None:
         """One round: reap our helper if it exited, start one if nobody drains."""

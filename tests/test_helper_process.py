@@ -147,3 +147,16 @@ def test_the_helper_exits_and_releases_the_lease_when_its_worker_is_killed(tmp_p
     # It stopped gracefully (SIGTERM from PR_SET_PDEATHSIG): the lease was given
     # back at once rather than left to expire.
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
+
+
+async def test_without_flock_the_worker_drains_itself(tmp_path, collector, monkeypatch):
+    from moesifasgi_flush import helper_supervisor
+
+    monkeypatch.setattr(helper_supervisor, "fcntl", None)  # as on Windows
+    path = str(tmp_path / "q.sqlite")
+    tids = insert_events(path, 15)
+    embedded.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
+    assert await eventually(lambda: collector.distinct_transaction_ids() == set(tids), timeout=15)
+    assert lease_pid(path) == os.getpid() and embedded.running_helpers()[path].child is None
+    await embedded.stop_embedded()
+    assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
