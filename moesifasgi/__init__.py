@@ -2,14 +2,34 @@
 
     from moesifasgi import MoesifMiddleware
     app.add_middleware(MoesifMiddleware, settings={"APPLICATION_ID": "..."})
+
+The public names are imported on first use (PEP 562): the flusher's helper
+process imports `moesifasgi.storage` and must not pay for the middleware,
+Starlette and moesifapi it never uses.
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .middleware import MoesifMiddleware
-from .outgoing import capture_outgoing
-from .profiles import update_companies_batch, update_company, update_user, update_users_batch
-from .settings import Settings, parse_settings
+
+if TYPE_CHECKING:
+    from .middleware import MoesifMiddleware
+    from .outgoing import capture_outgoing
+    from .profiles import update_companies_batch, update_company, update_user, update_users_batch
+    from .settings import Settings, parse_settings
+
+_PUBLIC = {
+    "MoesifMiddleware": ".middleware",
+    "capture_outgoing": ".outgoing",
+    "Settings": ".settings",
+    "parse_settings": ".settings",
+    "update_user": ".profiles",
+    "update_users_batch": ".profiles",
+    "update_company": ".profiles",
+    "update_companies_batch": ".profiles",
+}
 
 __all__ = [
     "MoesifMiddleware",
@@ -22,3 +42,16 @@ __all__ = [
     "update_companies_batch",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moesifasgi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list:
+    return sorted(__all__)

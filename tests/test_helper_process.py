@@ -160,3 +160,16 @@ async def test_without_flock_the_worker_drains_itself(tmp_path, collector, monke
     assert lease_pid(path) == os.getpid() and embedded.running_helpers()[path].child is None
     await embedded.stop_embedded()
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
+
+
+def test_the_helper_does_not_import_the_middleware_stack():
+    # Its memory is the host's: the middleware, Starlette and moesifapi stay out.
+    import subprocess
+
+    code = ("import sys, moesifasgi_flush.helper; "
+            "print(sorted(m for m in ('moesifasgi.middleware', 'starlette', 'moesifapi') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from moesifasgi import MoesifMiddleware, update_user  # the public names still resolve
+
+    assert MoesifMiddleware.__name__ == "MoesifMiddleware" and callable(update_user)
