@@ -29,7 +29,7 @@ import math
 import re
 from typing import Any, Mapping, Pattern
 
-__all__ = ["SamplingConfig", "keep", "sampling_rate", "weight_for"]
+__all__ = ["SamplingConfig", "keep", "weight_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,45 +189,6 @@ class SamplingConfig:
         if company_id and company_id in self.company_rates:
             return self.company_rates[company_id]
         return self.default_rate
-
-
-# One compiled config per config object: the stored config changes only when
-# Moesif's ETag does, so the dict seen last is almost always the one passed.
-_cached: tuple[Mapping[str, Any] | None, SamplingConfig] = (None, SamplingConfig())
-
-
-def sampling_rate(
-    config: Mapping[str, Any] | None,
-    *,
-    verb: str,
-    route: str,
-    ip_address: str | None,
-    status: int | None,
-    user_id: str | None,
-    company_id: str | None,
-) -> float:
-    """Return the sample rate for one event under ``config`` (see module doc).
-
-    ``config`` is treated as an immutable snapshot: it is compiled on first
-    use and reused while the same object is passed.
-    """
-    global _cached
-    try:
-        source, compiled = _cached
-        if config is not source:
-            compiled = SamplingConfig.from_dict(config)
-            _cached = (config, compiled)
-        return compiled.rate(
-            verb=verb,
-            route=route,
-            ip_address=ip_address,
-            status=status,
-            user_id=user_id,
-            company_id=company_id,
-        )
-    except Exception:  # sampling must never break a request: keep the event
-        logger.debug("sampling failed; keeping the event", exc_info=True)
-        return DEFAULT_RATE
 
 
 def weight_for(rate: float) -> int:

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from moesifasgi import sampling
-from moesifasgi.sampling import SamplingConfig, keep, sampling_rate, weight_for
+from moesifasgi.sampling import SamplingConfig, keep, weight_for
 
 EVENT = dict(
     verb="POST",
@@ -18,7 +18,7 @@ EVENT = dict(
 
 
 def rate(config, **overrides):
-    return sampling_rate(config, **{**EVENT, **overrides})
+    return SamplingConfig.from_dict(config).rate(**{**EVENT, **overrides})
 
 
 def rule(rate_value, *conditions):
@@ -185,23 +185,6 @@ def test_configs_of_the_wrong_shape_keep_everything(config):
 def test_rates_outside_0_to_100_are_clamped():
     assert rate({"sample_rate": 250}) == 100
     assert rate({"sample_rate": -5}) == 0
-
-
-def test_a_compiled_config_is_reused_for_the_same_dict(monkeypatch):
-    config = {"sample_rate": 30}
-    assert rate(config) == 30
-    calls = []
-    original = SamplingConfig.from_dict.__func__
-
-    def counting(cls, value):
-        calls.append(value)
-        return original(cls, value)
-
-    monkeypatch.setattr(SamplingConfig, "from_dict", classmethod(counting))
-    assert rate(config) == 30
-    assert calls == []
-    assert rate({"sample_rate": 70}) == 70
-    assert len(calls) == 1
 
 
 def test_sampling_config_can_be_used_directly():
