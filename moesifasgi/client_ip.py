@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from functools import lru_cache
-from typing import Mapping
+from typing import Callable, Mapping
 
 __all__ = ["client_ip"]
 
@@ -96,6 +96,15 @@ def _first_in_forwarded(value: str) -> str | None:
     return None
 
 
+# Every header to look at, in order of trust, with the parser for its format.
+_LOOKUPS: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+    (_FIRST, _address),
+    (_LIST, _first_in_list),
+    *((name, _address) for name in _SINGLE_AFTER_LIST),
+    (_RFC7239, _first_in_forwarded),
+)
+
+
 def client_ip(headers: Mapping[str, str], peer: str | None) -> str | None:
     """Return the originating client's IP address, else ``peer``.
 
@@ -105,27 +114,12 @@ def client_ip(headers: Mapping[str, str], peer: str | None) -> str | None:
     """
     try:
         get = headers.get
-        value = get(_FIRST)
-        if value:
-            found = _address(value)
-            if found is not None:
-                return found
-        value = get(_LIST)
-        if value:
-            found = _first_in_list(value)
-            if found is not None:
-                return found
-        for name in _SINGLE_AFTER_LIST:
+        for name, parse in _LOOKUPS:
             value = get(name)
             if value:
-                found = _address(value)
+                found = parse(value)
                 if found is not None:
                     return found
-        value = get(_RFC7239)
-        if value:
-            found = _first_in_forwarded(value)
-            if found is not None:
-                return found
     except Exception:  # a foreign header object must never break a request
         logger.debug("could not read forwarding headers", exc_info=True)
     return peer
