@@ -26,6 +26,7 @@ from moesifasgi.storage import immediate
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import AUTH, OK, REJECT, TOO_LARGE, MoesifClient
+from .queue_store import claim_sql, ids_json
 
 __all__ = ["ProfileStats", "deliver_profiles", "profile_counts", "release_profiles",
            "requeue_profile_dead_letters", "run_profile_delivery"]
@@ -65,23 +66,8 @@ class ProfileStats:
 
 # -- queue operations (synchronous, one transaction each) -------------------------------
 
-_CLAIM_SQL = """
-UPDATE profiles SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1
-WHERE id IN (
-    SELECT id FROM (
-        SELECT id,
-               ROW_NUMBER() OVER (ORDER BY id) AS n,
-               SUM(length(CAST(body AS BLOB)) + 1) OVER (ORDER BY id) AS running
-        FROM (SELECT id, body FROM profiles WHERE kind = ? AND claimed_until < ? ORDER BY id LIMIT ?)
-    ) WHERE n = 1 OR running <= ?
-)
-RETURNING id, kind, profile_id, body
-"""
+_CLAIM_SQL = claim_sql("profiles", "id, kind, profile_id, body", extra_filter="kind = ? AND ")
 _IDS = "id IN (SELECT value FROM json_each(?))"
-
-
-def _ids(ids: Sequence[int]) -> str:
-    return "[" + ",".join(str(int(i)) for i in ids) + "]"
 
 
 def claim_profiles(conn: sqlite3.Connection, kind: str, owner: str, limit: int, claim_seconds: float, *,
@@ -100,7 +86,7 @@ def has_claimable_profiles(conn: sqlite3.Connection, now: Optional[float] = None
 
 def ack_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int]) -> int:
     with immediate(conn):
-        deleted = conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, _ids(ids))).rowcount
+        deleted = conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, ids_json(ids))).rowcount
         if deleted:
             conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_sent'", (deleted,))
     return deleted
@@ -112,7 +98,7 @@ def release_profiles(conn: sqlite3.Connection, owner: str, ids: Optional[Sequenc
     with immediate(conn):
         if ids is None:
             return conn.execute(sql, (owner,)).rowcount
-        return conn.execute(f"{sql} AND {_IDS}", (owner, _ids(ids))).rowcount
+        return conn.execute(f"{sql} AND {_IDS}", (owner, ids_json(ids))).rowcount
 
 
 def dead_letter_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status: Optional[int],
@@ -123,8 +109,8 @@ def dead_letter_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int
             "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at, kind) "
             f"SELECT kind || ':' || profile_id, created_at, body, ?, ?, ?, kind FROM profiles "
             f"WHERE claimed_by = ? AND {_IDS} ORDER BY id",
-            (status, reason, now, owner, _ids(ids))).rowcount
-        conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, _ids(ids)))
+            (status, reason, now, owner, ids_json(ids))).rowcount
+        conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, ids_json(ids)))
         if moved:
             conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dead_lettered'", (moved,))
     return moved
@@ -133,7 +119,7 @@ def dead_letter_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int
 def requeue_profile_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:
     """Put dead-lettered profiles (all, or those dead-letter ids) back in the profiles queue."""
     where = "kind IN ('user', 'company')" + ("" if ids is None else f" AND {_IDS}")
-    params: Tuple[Any, ...] = () if ids is None else (_ids(ids),)
+    params: Tuple[Any, ...] = () if ids is None else (ids_json(ids),)
     with immediate(conn):
         moved = conn.execute(
             "INSERT INTO profiles (kind, profile_id, created_at, body) "

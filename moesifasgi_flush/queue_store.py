@@ -39,25 +39,36 @@ class Row(NamedTuple):
     body: str
 
 
-# The running total needs the bytes of each body: CAST to BLOB gives the UTF-8
-# length where length() of TEXT counts characters. The first row is always taken,
-# so a single oversized row still moves (and is isolated by Moesif's 413).
-_CLAIM_SQL = """
-UPDATE events SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1
+def claim_sql(table: str, returning: str, extra_filter: str = "") -> str:
+    """The claim statement of a queue table (events, profiles): mark the oldest
+    unclaimed rows, up to a count and a byte budget, as ours until a deadline.
+
+    Parameters, in order: owner, claimed_until, [the extra filter's], now,
+    limit, max_bytes - 1. The running total needs the bytes of each body: CAST
+    to BLOB gives the UTF-8 length where length() of TEXT counts characters.
+    The first row is always taken, so a single oversized row still moves (and
+    is isolated by Moesif's 413).
+    """
+    return f"""
+UPDATE {table} SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM (
         SELECT id,
                ROW_NUMBER() OVER (ORDER BY id) AS n,
                SUM(length(CAST(body AS BLOB)) + 1) OVER (ORDER BY id) AS running
-        FROM (SELECT id, body FROM events WHERE claimed_until < ? ORDER BY id LIMIT ?)
+        FROM (SELECT id, body FROM {table} WHERE {extra_filter}claimed_until < ? ORDER BY id LIMIT ?)
     ) WHERE n = 1 OR running <= ?
 )
-RETURNING id, transaction_id, created_at, body
+RETURNING {returning}
 """
 
 
-def _ids_json(ids: Iterable[int]) -> str:
-    # json_each() binds any number of ids as one parameter (no IN (?, ?, ...) limit).
+_CLAIM_SQL = claim_sql("events", "id, transaction_id, created_at, body")
+
+
+def ids_json(ids: Iterable[int]) -> str:
+    """Ids as one JSON array parameter, for `id IN (SELECT value FROM json_each(?))`:
+    any number of ids in one bound value (no IN (?, ?, ...) limit)."""
     return json.dumps(list(ids))
 
 
@@ -105,7 +116,7 @@ def ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], *,
 def _ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], success_at: Optional[float]) -> int:
     deleted = conn.execute(
         "DELETE FROM events WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-        (owner, _ids_json(ids)),
+        (owner, ids_json(ids)),
     ).rowcount
     if deleted:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (deleted,))
@@ -123,7 +134,7 @@ def release(conn: sqlite3.Connection, owner: str, ids: Optional[Sequence[int]] =
             cur = conn.execute(
                 "UPDATE events SET claimed_by = NULL, claimed_until = 0 "
                 "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-                (owner, _ids_json(ids)),
+                (owner, ids_json(ids)),
             )
         return cur.rowcount
 
@@ -132,16 +143,16 @@ def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status
                 reason: str, *, now: Optional[float] = None) -> int:
     """Move claimed events to the dead-letter table with the status and reason."""
     now = time.time() if now is None else now
-    ids_json = _ids_json(ids)
+    id_list = ids_json(ids)
     with immediate(conn):
         moved = conn.execute(
             "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at) "
             "SELECT transaction_id, created_at, body, ?, ?, ? FROM events "
             "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?)) ORDER BY id",
-            (status, reason, now, owner, ids_json),
+            (status, reason, now, owner, id_list),
         ).rowcount
         conn.execute("DELETE FROM events WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-                     (owner, ids_json))
+                     (owner, id_list))
         if moved:
             conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dead_lettered'", (moved,))
     return moved
@@ -150,7 +161,7 @@ def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status
 def _where_ids(ids: Optional[Sequence[int]]) -> tuple:
     if ids is None:
         return "", ()
-    return " WHERE id IN (SELECT value FROM json_each(?))", (_ids_json(ids),)
+    return " WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids),)
 
 
 def requeue_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:
