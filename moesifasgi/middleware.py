@@ -168,14 +168,7 @@ class MoesifMiddleware:
             self._report_internal_error()
 
     def _report_internal_error(self) -> None:
-        try:
-            self.pipeline.writer.count_drop()
-        except Exception:
-            pass
-        problems.report(
-            "internal", "moesifasgi: unexpected error while recording a call; event dropped",
-            level=logging.ERROR, exc_info=True,
-        )
+        self.pipeline.internal_error("internal", "moesifasgi: unexpected error while recording a call; event dropped")
 
     async def _record(self, exchange: Exchange) -> None:
         s = self.settings

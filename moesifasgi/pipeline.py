@@ -68,6 +68,18 @@ class EventPipeline:
         self.writer.count_drop()
         problems.report(reason_key, message, *args)
 
+    def internal_error(self, reason_key: str, message: str) -> None:
+        """Count a drop and log the exception being handled (once per interval).
+
+        For our own bugs: counting must not raise in turn, since the writer
+        itself may be what failed.
+        """
+        try:
+            self.writer.count_drop()
+        except Exception:
+            pass
+        problems.report(reason_key, message, level=logging.ERROR, exc_info=True)
+
     async def persist(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None, *, strict: bool = False) -> bool:
         """Mask, encode and queue `event`; True once it is queued (strict: committed)."""
         writer = writer or self.writer

@@ -13,7 +13,6 @@ from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 from ..callbacks import CallbackError, invoke
-from ..diagnostics import problems
 from ..event_builder import route_of
 from ..masking import MaskingError
 from ..pipeline import EventPipeline
@@ -171,11 +170,5 @@ class OutgoingRecorder:
 
     def internal_error(self) -> None:
         """Count a drop and log the exception being handled (once per interval)."""
-        try:
-            self.pipeline.writer.count_drop()
-        except Exception:
-            pass
-        problems.report(
-            "outgoing-internal", "moesifasgi: unexpected error while recording an outgoing call; event dropped",
-            level=logging.ERROR, exc_info=True,
-        )
+        self.pipeline.internal_error(
+            "outgoing-internal", "moesifasgi: unexpected error while recording an outgoing call; event dropped")
