@@ -28,13 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-from moesifasgi import storage
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock to elect the worker that starts the helper
     fcntl = None  # type: ignore[assignment]
 
+from .async_db import AsyncDB
 from .lease import LEASE_SECONDS, current_leader
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ class HelperSupervisor:
         self._fallback_task: Optional["asyncio.Future[None]"] = None
         self._stopping = False
         self._failing = False
-        self._conn: Optional[sqlite3.Connection] = None
-        self._identity: Optional[Tuple[int, int]] = None
+        # One connection on one thread, reopened if the file is replaced.
+        self._db = AsyncDB(settings.queue_path)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -82,6 +82,8 @@ class HelperSupervisor:
                 await self.check()
                 self._failing = False
             except Exception as exc:
+                if self._stopping:
+                    break  # stop() closed the database under this check
                 # Once per episode: a broken queue path would otherwise log every few seconds.
                 (logger.debug if self._failing else logger.warning)(
                     "moesifasgi: cannot check the flusher helper (%s); events stay queued, retrying", exc)
@@ -102,43 +104,26 @@ class HelperSupervisor:
             log = logger.info if code == 0 else logger.warning
             log("moesifasgi: the flusher helper (pid %d) exited with code %s", self.child.pid, code)
             self.child = None
-        if await asyncio.to_thread(self._lease_held):
+        if await self._lease_held():
             return
         lock = self._try_spawn_lock()
         if lock is None:
             return  # another worker is starting one right now
         try:
-            if await asyncio.to_thread(self._lease_held):
+            if await self._lease_held():
                 return  # started while we were taking the lock
             if not self._spawn():
                 return
             deadline = time.monotonic() + SPAWN_TIMEOUT
             while time.monotonic() < deadline and self.child is not None and self.child.poll() is None:
-                if await asyncio.to_thread(self._lease_held):
+                if await self._lease_held():
                     break
                 await asyncio.sleep(0.1)
         finally:
             lock.close()  # closing the file releases the flock
 
-    def _lease_held(self) -> bool:
-        # One connection, used by one check at a time (from pool threads, hence
-        # storage's check_same_thread=False).
-        path = self.settings.queue_path
-        if self._conn is not None and storage.file_identity(path) != self._identity:
-            self._close_conn()  # replaced: the old file's lease means nothing now
-        if self._conn is None:
-            self._conn = storage.connect(path)
-            self._identity = storage.file_identity(path)
-        try:
-            return current_leader(self._conn) is not None
-        except Exception:
-            self._close_conn()  # reopened next time: the file may have been replaced
-            raise
-
-    def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+    async def _lease_held(self) -> bool:
+        return await self._db.run(_has_leader)
 
     def _try_spawn_lock(self) -> Optional[IO[bytes]]:
         fd = os.open(self.settings.queue_path + ".helper-lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -196,7 +181,7 @@ class HelperSupervisor:
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the helper we started (it finishes or releases its batches and the lease)."""
         self._stopping = True
-        await asyncio.to_thread(self._close_conn)
+        await self._db.close()
         child, self.child = self.child, None
         if child is None or child.poll() is not None:
             return
@@ -210,6 +195,10 @@ class HelperSupervisor:
             child.kill()
             child.wait()
         _children.pop(child.pid, None)
+
+
+def _has_leader(conn: sqlite3.Connection) -> bool:
+    return current_leader(conn) is not None
 
 
 # helper pid -> (pid of the worker that started it, process), for the exit hook.
