@@ -124,8 +124,7 @@ class Pump:
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        for number in list(self._to_ack):
-            await asyncio.shield(self._flush_ack(number))
+        await asyncio.shield(self._flush_acks())
         held = [i for ids in self._holding.values() for i in ids]
         self._holding.clear()
         if held:
@@ -153,7 +152,7 @@ class Pump:
         while not self._should_stop():
             pause = delivery.pause_remaining()
             if pause > 0:
-                await self._flush_ack(number)
+                await self._flush_acks([number])
                 if self._until_empty and delivery.auth_blocked:
                     # Waiting minutes for a probe is the daemon's job, not drain's.
                     self.last_error = AUTH
@@ -180,7 +179,7 @@ class Pump:
                 self._failing = True
                 await self._release_held(number)
                 await self._sleep(1.0)
-        await self._flush_ack(number)
+        await self._flush_acks([number])
 
     async def _one_batch(self, number: int) -> None:
         if self.batch_wait > 0 and not self._until_empty:
@@ -244,29 +243,23 @@ class Pump:
             # Accepted rows would otherwise stay claimed (and be re-posted after a
             # crash) for as long as we wait. The other workers' too: they queue at
             # the gate with theirs, and their rows count as held above.
-            await self._flush_all_acks()
+            await self._flush_acks()
             await self._sleep(min(self.idle_poll, self.batch_wait))
         return False
 
-    async def _flush_all_acks(self) -> None:
-        if not self._to_ack:
+    async def _flush_acks(self, numbers: Optional[List[int]] = None) -> None:
+        """Delete, in one transaction, the rows Moesif accepted for these workers
+        (every worker's when `numbers` is None)."""
+        keys = list(self._to_ack) if numbers is None else [n for n in numbers if n in self._to_ack]
+        pending = [self._to_ack.pop(n) for n in keys]
+        if not pending:
             return
-        pending = list(self._to_ack.values())
-        self._to_ack.clear()
         ids = [i for batch_ids, _ in pending for i in batch_ids]
         times = [at for _, at in pending if at is not None]
         try:
             self.sent += await self.db.run(qs.ack, self.owner, ids, success_at=max(times) if times else None)
         except Exception as exc:  # re-posted after the claim expires; Moesif drops the copies
             logger.warning("could not delete %d events Moesif accepted: %s", len(ids), exc)
-
-    async def _flush_ack(self, number: int) -> None:
-        pending = self._to_ack.pop(number, None)
-        if pending:
-            try:
-                self.sent += await self.db.run(qs.ack, self.owner, pending[0], success_at=pending[1])
-            except Exception as exc:  # re-posted after the claim expires; Moesif drops the copies
-                logger.warning("could not delete %d events Moesif accepted: %s", len(pending[0]), exc)
 
     async def _release_held(self, number: int) -> None:
         ids = self._holding.pop(number, None)
