@@ -65,6 +65,16 @@ def serve(port: int) -> None:
     ThreadingHTTPServer(("127.0.0.1", port), _Handler).serve_forever()
 
 
+def timed(call: Callable[[], object]) -> Callable[[int], float]:
+    """A runner for `call`: run(n) makes n calls and returns the seconds taken."""
+    def run(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            call()
+        return time.perf_counter() - started
+    return run
+
+
 def clients(url: str) -> Dict[str, Callable[[int], float]]:
     """name -> run(n calls) -> seconds taken."""
     import httpx
@@ -72,14 +82,6 @@ def clients(url: str) -> Dict[str, Callable[[int], float]]:
 
     session = requests.Session()
     sync_client = httpx.Client()
-
-    def timed(call: Callable[[], object]) -> Callable[[int], float]:
-        def run(n: int) -> float:
-            started = time.perf_counter()
-            for _ in range(n):
-                call()
-            return time.perf_counter() - started
-        return run
 
     def async_run(n: int) -> float:
         async def go() -> float:
@@ -120,14 +122,6 @@ def in_process_clients() -> Dict[str, Callable[[int], float]]:
     session = requests.Session()
     session.mount("http://", CannedAdapter())
     client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, headers=headers, content=JSON_BODY)))
-
-    def timed(call: Callable[[], object]) -> Callable[[int], float]:
-        def run(n: int) -> float:
-            started = time.perf_counter()
-            for _ in range(n):
-                call()
-            return time.perf_counter() - started
-        return run
 
     return {
         "requests GET (fake)": timed(lambda: session.get("http://fake.test/json").json()),
