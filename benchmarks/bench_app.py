@@ -3,6 +3,9 @@
 BENCH_MODE=bare|ours|original picks the middleware; MOESIF_BASE_URI points it at
 the loopback collector; MOESIF_QUEUE_PATH is where ours keeps its queue; MOESIF_DURABILITY and
 MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QUEUE_SIZE (ours only).
+
+`GET /ready` answers the worker's pid and is skipped by the middleware (SKIP), so
+that a harness can wait until every worker answers without adding events.
 """
 from __future__ import annotations
 
@@ -14,6 +17,15 @@ from fastapi.responses import StreamingResponse
 MODE = os.environ.get("BENCH_MODE", "bare")
 
 app = FastAPI()
+
+
+@app.get("/ready")
+async def ready():
+    return {"pid": os.getpid()}
+
+
+def skip_probe(request, response) -> bool:
+    return request.url.path == "/ready"
 
 
 @app.get("/json")
@@ -42,6 +54,7 @@ if MODE in ("ours", "original"):
         "APPLICATION_ID": "bench-app-id",
         "BASE_URI": os.environ.get("MOESIF_BASE_URI", "http://127.0.0.1:9"),
         "LOG_BODY": True,
+        "SKIP": skip_probe,
     }
     if MODE == "ours":
         settings["QUEUE_PATH"] = os.environ["MOESIF_QUEUE_PATH"]

@@ -167,14 +167,16 @@ async def test_unknown_paths_and_wrong_methods_are_refused(
 async def test_fail_for_503_then_posts_recover(
     collector: LocalCollector, client: MoesifClient
 ) -> None:
-    collector.fail_for(503, 0.3, headers={"Retry-After": "2"})
+    # A window long enough for two posts on a slow machine; then wait it out.
+    window_ends = time.monotonic() + 2.0
+    collector.fail_for(503, 2.0, headers={"Retry-After": "2"})
     rows = make_rows(5)
     failed = await client.post_events(rows)
     again = await client.post_events(rows)
     assert (failed.outcome, failed.status, failed.retry_after) == (RETRY, 503, 2.0)
     assert again.outcome == RETRY
     assert collector.event_count == 0
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(max(0.0, window_ends - time.monotonic()) + 0.05)
     recovered = await client.post_events(rows)
     assert recovered.outcome == OK
     assert collector.transaction_ids() == ids_of(rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 from moesifasgi.capture import new_transaction_id
@@ -9,6 +10,7 @@ from moesifasgi.pipeline import EventPipeline
 from moesifasgi.settings import parse_settings
 
 from .conftest import read_counter, read_events
+from .flush_support import eventually
 
 
 def pipeline(queue_path: str, **settings) -> EventPipeline:
@@ -51,7 +53,7 @@ def test_an_async_mask_runs_on_a_private_loop_in_a_thread_without_one(queue_path
 
 async def test_an_async_mask_inside_a_running_loop_is_finished_by_a_task_on_it(queue_path):
     assert pipeline(queue_path, MASK_EVENT_MODEL=tag_async).persist_sync(event())  # scheduled, not blocking
-    await asyncio.sleep(0.01)
+    assert await eventually(lambda: os.path.exists(queue_path) and read_events(queue_path))
     assert read_events(queue_path)[0]["metadata"] == {"masked": True}
 
 
@@ -62,6 +64,6 @@ async def test_a_failing_async_mask_in_that_task_is_counted_as_a_drop_not_raised
     events = pipeline(queue_path, MASK_EVENT_MODEL=broken)
     assert pipeline(queue_path).persist_sync(event("http://ok/"))
     assert events.persist_sync(event())
-    await asyncio.sleep(0.01)
+    assert await eventually(lambda: os.path.exists(queue_path) and read_counter(queue_path, "dropped") == 1)
     assert [e["request"]["uri"] for e in read_events(queue_path)] == ["http://ok/"]
     assert read_counter(queue_path, "dropped") == 1
