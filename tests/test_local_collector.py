@@ -301,7 +301,7 @@ async def test_module_mode_prints_its_url_records_to_a_file_and_exits_0_on_sigte
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        line = _read_line(proc, timeout=10)
+        line = _read_line(proc, timeout=60)
         assert line.startswith("listening on http://127.0.0.1:")
         url = line.split()[-1]
         rows = make_rows(3)
@@ -310,7 +310,7 @@ async def test_module_mode_prints_its_url_records_to_a_file_and_exits_0_on_sigte
         recorded = [json.loads(x)["transaction_id"] for x in record.read_text().splitlines()]
         assert recorded == ["from-an-earlier-run"] + ids_of(rows)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
