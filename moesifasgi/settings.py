@@ -69,6 +69,25 @@ class Settings:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+def queue_directories() -> Tuple[str, str]:
+    """(the state directory, the temp-directory fallback) where default queue files live.
+
+    The state directory is `$XDG_STATE_HOME/moesifasgi`, else
+    `~/.local/state/moesifasgi`; the fallback, used when that cannot be created
+    or written, is `<tempdir>/moesifasgi-<uid>`. Nothing is created here.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(base, "moesifasgi"), os.path.join(tempfile.gettempdir(), f"moesifasgi-{uid}")
+
+
+def default_queue_name(application_id: str, cwd: Optional[str] = None) -> str:
+    """`queue-<first 16 hex digits of sha256(application id, NUL, real working directory)>.sqlite`."""
+    cwd = os.path.realpath(cwd or os.getcwd())
+    digest = hashlib.sha256(f"{application_id}\0{cwd}".encode()).hexdigest()[:16]
+    return f"queue-{digest}.sqlite"
+
+
 def default_queue_path(application_id: str, cwd: Optional[str] = None) -> str:
     """Where the queue lives when neither QUEUE_PATH nor MOESIF_QUEUE_PATH is set.
 
@@ -77,17 +96,14 @@ def default_queue_path(application_id: str, cwd: Optional[str] = None) -> str:
     apps on one host get two files. The state directory survives reboots, unlike
     a tmpfs /tmp; when it cannot be created we fall back to the temp directory.
     """
-    cwd = os.path.realpath(cwd or os.getcwd())
-    digest = hashlib.sha256(f"{application_id}\0{cwd}".encode()).hexdigest()[:16]
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    directory = os.path.join(base, "moesifasgi")
+    directory, fallback = queue_directories()
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if not os.access(directory, os.W_OK):
             raise PermissionError(directory)
     except OSError:
-        directory = os.path.join(tempfile.gettempdir(), f"moesifasgi-{os.getuid()}")
-    return os.path.join(directory, f"queue-{digest}.sqlite")
+        directory = fallback
+    return os.path.join(directory, default_queue_name(application_id, cwd))
 
 
 def resolve_queue_path(explicit: Optional[str], application_id: str) -> str:
