@@ -74,6 +74,13 @@ def status(ctx: CliContext, as_json: bool, fmt: str, watch: Optional[float], cou
 
 
 def _watch(ctx: CliContext, interval: float, count: Optional[int]) -> None:
+    try:
+        _watch_loop(ctx, interval, count)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is the normal way out of --watch: exit 0
+
+
+def _watch_loop(ctx: CliContext, interval: float, count: Optional[int]) -> None:
     tty = sys.stdout.isatty()
     previous: Optional[Dict[str, Any]] = None
     previous_at = 0.0
@@ -97,10 +104,7 @@ def _watch(ctx: CliContext, interval: float, count: Optional[int]) -> None:
         shown += 1
         if count is not None and shown >= count:
             return
-        try:
-            time.sleep(interval)
-        except KeyboardInterrupt:
-            return  # the normal way out of --watch: exit 0
+        time.sleep(interval)
 
 
 @command(cli)
