@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import re
 import sqlite3
 import time
@@ -143,6 +144,59 @@ def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise QueueError(f"cannot use queue file {path}: {exc}") from exc
+    except QueueError:
+        conn.close()
+        raise
+    return conn
+
+
+# Tables every moesifasgi queue has had since its first schema: how a read-only
+# open tells our file from any other SQLite database given by mistake.
+_QUEUE_TABLES = ("events", "counters", "dead_letters", "kv", "leases")
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """Open an existing queue at `path` for reading only (`status`, `peek`, listings).
+
+    Nothing about the file changes: no creation, no migration, no switch to WAL,
+    no write (SQLite refuses them on this connection). A missing file, a file that
+    is not SQLite, an SQLite file without the queue's tables and a schema this
+    code does not match are each a QueueError with one line that says which.
+    (Opening a WAL file read-only may create its empty `-wal`/`-shm` companions,
+    as any reader does; the database itself is untouched.)
+    """
+    if not os.path.exists(path):
+        raise QueueError(f"no queue file at {path}")
+    if os.path.isdir(path):
+        raise QueueError(f"{path} is a directory, not a queue file")
+    uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise QueueError(f"cannot open queue file {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = 1")
+        version = schema_version(conn)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in _QUEUE_TABLES if t not in tables]
+        if version < 1 or missing:
+            raise QueueError(f"{path} is not a moesifasgi queue (an SQLite file without the queue's tables)")
+        newest = latest_version()
+        if version > newest:
+            raise SchemaTooNewError(
+                f"the queue file has schema version {version}, newer than this moesifasgi knows "
+                f"({newest}); upgrade moesifasgi")
+        if version < newest:
+            raise QueueError(
+                f"the queue file {path} has schema version {version}, older than this moesifasgi's "
+                f"({newest}): upgrade the app's moesifasgi too, or run `moesif-flush migrate`")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_NOTADB or "not a database" in str(exc):
+            raise QueueError(f"{path} is not a moesifasgi queue (not an SQLite database)") from exc
+        raise QueueError(f"cannot read queue file {path}: {exc}") from exc
     except QueueError:
         conn.close()
         raise
