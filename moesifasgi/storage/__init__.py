@@ -22,7 +22,7 @@ except ImportError:  # Windows: no flock; see quarantine()
 from importlib import resources
 from typing import Iterator, List, Optional, Tuple
 
-from . import queue_location
+from .. import queue_location
 
 BUSY_TIMEOUT_MS = 5000
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
