@@ -24,7 +24,8 @@ import click
 
 from moesifasgi import storage
 from moesifasgi._version import __version__
-from moesifasgi.settings import DEFAULT_BASE_URI, default_queue_path
+from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path
+from moesifasgi.settings import DEFAULT_BASE_URI
 
 from .cli_logging import configure_logging
 
@@ -51,8 +52,11 @@ class CliContext:
         if self.queue:
             return os.path.abspath(os.path.expanduser(self.queue)), "--queue / MOESIF_QUEUE_PATH"
         if self.application_id:
-            return (default_queue_path(self.application_id),
-                    f"derived from the application id and the working directory {os.getcwd()}")
+            try:
+                path = default_queue_path(self.application_id)
+            except UnsafeQueueLocation as exc:
+                raise click.ClickException(str(exc)) from exc
+            return path, f"derived from the application id and the working directory {os.getcwd()}"
         raise click.ClickException(
             "no queue file given: pass --queue PATH (or set MOESIF_QUEUE_PATH), or --application-id "
             "to use the default location (`moesif-flush queues` lists the files there)")

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from moesifasgi import storage
-from moesifasgi.settings import default_queue_path, queue_directories
+from moesifasgi.queue_location import default_queue_path, queue_directories
 
 from . import queue_store as qs
 from .cli import CliContext, cli, command, pass_ctx
@@ -174,11 +174,11 @@ def queues(ctx: CliContext, directories: tuple, as_json: bool) -> None:
       moesif-flush queues --application-id "$MOESIF_APPLICATION_ID"
     """
     dirs = list(directories) or list(dict.fromkeys(queue_directories()))
-    mine = default_queue_path(ctx.application_id) if ctx.application_id else None
+    mine = default_queue_name(ctx.application_id) if ctx.application_id else None
     found: List[Dict[str, Any]] = []
     for directory in dirs:
         for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*.sqlite"))):
-            found.append(_describe(path, path == mine))
+            found.append(_describe(path, os.path.basename(path) == mine))
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -195,7 +195,7 @@ def queues(ctx: CliContext, directories: tuple, as_json: bool) -> None:
         click.echo(f"{mark} {row['path']}  {size(row['file_bytes'])}  {row['pending']} pending, "
                    f"{row['sent']} sent, {row['dead_letters']} dead letters{success}{app}")
     if mine is not None and not any(r["this_app"] for r in found):
-        click.echo(f"(no file yet at {mine}, the default for this application id from {os.getcwd()})")
+        click.echo(f"(no {mine} yet: the default file for this application id run from {os.getcwd()})")
 
 
 def _describe(path: str, this_app: bool) -> Dict[str, Any]:
