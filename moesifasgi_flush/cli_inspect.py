@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from moesifasgi import storage
-from moesifasgi.queue_location import default_queue_path, queue_directories
+from moesifasgi.queue_location import default_queue_name, queue_directories
 
 from . import queue_store as qs
 from .cli import CliContext, cli, command, pass_ctx
