@@ -5,14 +5,13 @@ defaults) plus the ones this package adds for its durable queue.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 from .bodies import MAX_BODY_BYTES
 from .identity import parse_authorization_header_names
+from .queue_location import default_queue_path, resolve_queue_path  # noqa: F401  (re-exported)
 
 DEFAULT_BASE_URI = "https://api.moesif.net"
 DURABILITY_MODES = ("batched", "strict")
@@ -67,32 +66,6 @@ class Settings:
     get_metadata_outgoing: Optional[Callback] = None
     get_session_token_outgoing: Optional[Callback] = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-def default_queue_path(application_id: str, cwd: Optional[str] = None) -> str:
-    """Where the queue lives when neither QUEUE_PATH nor MOESIF_QUEUE_PATH is set.
-
-    Every worker of one app runs as the same user from the same directory with the
-    same application id, so hashing those two gives them the same file, while two
-    apps on one host get two files. The state directory survives reboots, unlike
-    a tmpfs /tmp; when it cannot be created we fall back to the temp directory.
-    """
-    cwd = os.path.realpath(cwd or os.getcwd())
-    digest = hashlib.sha256(f"{application_id}\0{cwd}".encode()).hexdigest()[:16]
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    directory = os.path.join(base, "moesifasgi")
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not os.access(directory, os.W_OK):
-            raise PermissionError(directory)
-    except OSError:
-        directory = os.path.join(tempfile.gettempdir(), f"moesifasgi-{os.getuid()}")
-    return os.path.join(directory, f"queue-{digest}.sqlite")
-
-
-def resolve_queue_path(explicit: Optional[str], application_id: str) -> str:
-    path = explicit or os.environ.get("MOESIF_QUEUE_PATH") or default_queue_path(application_id)
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def _positive_int(settings: Mapping[str, Any], key: str, default: int) -> int:

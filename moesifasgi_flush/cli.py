@@ -59,6 +59,14 @@ class _Context:
             hint = " (run `moesif-flush migrate` to create it)" if "no queue file" in str(exc) else ""
             raise click.ClickException(f"{exc}{hint}") from exc
 
+    def connect_readonly(self) -> sqlite3.Connection:
+        """For commands that only look: the file is never created, migrated or written."""
+        try:
+            return storage.connect_readonly(self.queue_path())
+        except storage.QueueError as exc:
+            hint = " (run `moesif-flush migrate` to create it)" if "no queue file" in str(exc) else ""
+            raise click.ClickException(f"{exc}{hint}") from exc
+
 
 pass_ctx = click.make_pass_decorator(_Context)
 
@@ -120,7 +128,7 @@ def status(ctx: _Context, as_json: bool) -> None:
     Example:
       moesif-flush --queue /var/lib/app/moesif.sqlite status --json
     """
-    conn = ctx.connect()
+    conn = ctx.connect_readonly()
     try:
         info = queue_status(conn, ctx.queue_path())
     finally:
@@ -159,7 +167,7 @@ def peek(ctx: _Context, count: int) -> None:
     Example:
       moesif-flush --queue /var/lib/app/moesif.sqlite peek -n 3
     """
-    conn = ctx.connect()
+    conn = ctx.connect_readonly()
     try:
         click.echo(json.dumps(qs.peek(conn, count), indent=2))
     finally:
@@ -204,7 +212,7 @@ def dead_letters_list(ctx: _Context, count: int, as_json: bool) -> None:
     Example:
       moesif-flush dead-letters list -n 20 --json
     """
-    conn = ctx.connect()
+    conn = ctx.connect_readonly()
     try:
         rows = qs.list_dead_letters(conn, count)
     finally:

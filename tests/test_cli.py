@@ -61,7 +61,7 @@ def test_a_wrong_path_and_a_missing_application_id_are_one_line_errors(runner, t
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not sqlite " * 500)
     for args, message in [(("--queue", str(tmp_path), "status"), "is a directory"),
-                          (("--queue", str(garbage), "status"), "cannot"),
+                          (("--queue", str(garbage), "status"), "is not a moesifasgi queue"),
                           (("status",), "no queue file given"),
                           (("--queue", path, "drain"), "application id"),
                           (("--queue", path, "run"), "application id")]:
@@ -163,3 +163,18 @@ def test_run_drains_logs_its_stats_and_exits_zero_on_sigterm(path, collector):
     assert "sent 50 events in the last" in err and "backlog 0" in err
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("peek",), ("dead-letters", "list")])
+def test_read_only_commands_refuse_another_sqlite_file_without_touching_it(runner, tmp_path, args):
+    import sqlite3
+    other = tmp_path / "app.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    result = invoke(runner, "--queue", str(other), *args)
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "is not a moesifasgi queue" in result.output
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
