@@ -57,6 +57,9 @@ def status_lines(info: Dict[str, Any], now: Optional[float] = None) -> List[str]
     rows.append(("pending", pending))
     rows.append(("sent", f"{_count(info['sent'])} events"))
     rows.append(("dropped", f"{_count(info['dropped'])} events"))
+    problems = info.get("problems") or {}
+    if problems:  # per reason: drops, and calls recorded without a field
+        rows.append(("problems", ", ".join(f"{reason}={count}" for reason, count in problems.items())))
     rows.append(("dead letters", f"{_count(info['dead_letters'])} now ({_count(info['dead_lettered'])} events "
                                  "dead-lettered in all)"))
     leader = info.get("leader")

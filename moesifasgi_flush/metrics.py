@@ -96,6 +96,18 @@ def queue_metrics(info: Dict[str, Any]) -> Iterator[Metric]:
     yield counter("moesifasgi_events_sent", "Events Moesif accepted", info["sent"])
     yield counter("moesifasgi_events_dropped", "Events dropped before the queue (queue full, storage "
                   "unusable, a callback failed); the reason is in the app's log", info["dropped"])
+    problems = info.get("problems") or {}
+    by_reason = CounterMetricFamily("moesifasgi_events_dropped_by_reason", "Events dropped, by reason "
+                                    "(queue-full, storage faults...), counted since schema 3", labels=["reason"])
+    recorded = CounterMetricFamily("moesifasgi_recording_problems", "Calls recorded with a problem, by reason "
+                                   "(a callback raised or timed out, MASK_EVENT_MODEL failed...)", labels=["reason"])
+    for reason, count in problems.items():
+        if reason.startswith("drop:"):
+            by_reason.add_metric([reason[len("drop:"):]], count)
+        else:
+            recorded.add_metric([reason], count)
+    yield by_reason
+    yield recorded
     yield counter("moesifasgi_events_dead_lettered", "Events moved to the dead letters", info["dead_lettered"])
     yield gauge("moesifasgi_dead_letters", "Rows in the dead-letter table now (events and profiles)",
                 info["dead_letters"])
