@@ -223,6 +223,7 @@ class MoesifMiddleware:
             weight=self.pipeline.weight(rate),
         )
         if s.debug:
+            # Method, path and status only: the query string and headers may hold what a mask removes.
             logger.debug("moesifasgi: queueing event %s %s -> %s", event["request"]["verb"],
-                         event["request"]["uri"], event["response"]["status"])
+                         route_of(exchange.uri), event["response"]["status"])
         await self.pipeline.persist(event, writer, strict=self._strict)

@@ -16,6 +16,7 @@ from . import jsoncodec
 from .bodies import truncation_marker
 from .callbacks import CallbackError
 from .diagnostics import problems
+from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
 from .queue_writer import QueueWriter, current_pid, writer_for
 from .sampling import keep, weight_for
@@ -34,6 +35,8 @@ class EventPipeline:
         self.settings = settings
         self._writer: Optional[QueueWriter] = None
         self._writer_pid = 0
+        # None when there is nothing to mask: persist() then pays one test.
+        self._incoming_masker, self._outgoing_masker = maskers_for(settings)
 
     @property
     def writer(self) -> QueueWriter:
@@ -83,6 +86,10 @@ class EventPipeline:
     async def persist(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None, *, strict: bool = False) -> bool:
         """Mask, encode and queue `event`; True once it is queued (strict: committed)."""
         writer = writer or self.writer
+        # The declarative masks first, so MASK_EVENT_MODEL (and any failure report) sees the masked event.
+        masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
+        if masker is not None:
+            masker.apply(event)
         if self.settings.mask_event_model is not None:
             event = await apply_mask(self.settings.mask_event_model, event)
         text = encode_event(event)

@@ -33,6 +33,14 @@ _in_recorder: contextvars.ContextVar[bool] = contextvars.ContextVar("moesifasgi_
 _MOESIF_HEADERS = ("x-moesif-application-id", "x-moesif-sdk")
 
 
+def _loggable(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    except ValueError:
+        return "(unparseable URL)"
+
+
 def in_recorder() -> bool:
     return _in_recorder.get()
 
@@ -153,7 +161,9 @@ class OutgoingRecorder:
             weight=self.pipeline.weight(rate),
         )
         if s.debug:
-            logger.debug("moesifasgi: queueing outgoing event %s %s -> %s", call.method, call.url, call.status)
+            # Host and path only: the query string and user info may hold credentials.
+            logger.debug("moesifasgi: queueing outgoing event %s %s -> %s", call.method, _loggable(call.url),
+                         call.status)
         return event
 
     # -- our own failures ---------------------------------------------------------------
