@@ -35,6 +35,7 @@ __all__ = [
     "OUTGOING_CREDENTIAL_FIELDS",
     "OUTGOING_CREDENTIAL_HEADERS",
     "Masker",
+    "loggable_url",
     "maskers_for",
 ]
 
@@ -146,6 +147,16 @@ def mask_form(text: str, fields: FrozenSet[str]) -> str:
             pieces[index] = name + "=" + MASK_MARKER
             changed = True
     return "&".join(pieces) if changed else text
+
+
+def loggable_url(url: str) -> str:
+    """Scheme, host and path of `url`: what a log line may show (no user info, query or fragment)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparseable URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
 
 
 def mask_url(url: str, fields: FrozenSet[str], *, userinfo: bool = False) -> str:

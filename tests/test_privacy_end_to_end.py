@@ -197,7 +197,7 @@ def test_nothing_starting_like_a_secret_is_stored_sent_or_logged_at_all(incoming
         assert TAG.encode() not in incoming[where], where
     assert TAG.encode() not in searchable(incoming["received"])
     assert TAG not in incoming["logs"]
-    assert "queueing event POST /json -> 200" in incoming["logs"]  # DEBUG did log, without the secrets
+    assert "queueing event POST http://testserver/json -> 200" in incoming["logs"]  # DEBUG did log, without the secrets
 
 
 def test_mask_event_model_runs_after_the_declarative_masks_and_its_result_is_what_is_sent(incoming):
