@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from .callbacks import CallbackTimeout, invoke
 from .event_builder import route_of
+from .field_masks import loggable_url
 from .pipeline import EventPipeline
 from .sync_bridge import is_async_callable
 
@@ -135,7 +136,10 @@ class RecordingSequence:
                 return False
             event = build(identity)
             if self.pipeline.settings.debug:
-                logger.debug("moesifasgi: queueing %sevent %s %s -> %s", self.direction, verb, uri, status)
+                # Method, host and path only: the query string and user info may hold
+                # what a mask removes (the event itself is masked only in persist()).
+                logger.debug("moesifasgi: queueing %sevent %s %s -> %s", self.direction, verb, loggable_url(uri),
+                             status)
             return await self.pipeline.persist(event, strict=strict, deadline=deadline)
         except Exception:
             self.pipeline.internal_error(
