@@ -125,12 +125,21 @@ def test_a_mask_that_hangs_past_callback_timeout_records_a_minimal_event(queue_p
     assert SECRET.encode() not in all_queue_bytes(queue_path)
 
 
-def readme_mask(eventmodel):
-    # The README's example, exactly as documented there.
-    body = eventmodel.response.body
-    if isinstance(body, dict) and "password" in body:
-        body["password"] = None
-    return eventmodel
+async def readme_mask(event):
+    # The README's Quick start example, exactly as documented there.
+    for part in (event.request, event.response):
+        if isinstance(part.body, dict) and "password" in part.body:
+            part.body["password"] = None
+    return event
+
+
+def test_the_readme_quick_start_holds_this_very_mask_example():
+    import inspect
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    body = inspect.getsource(readme_mask).split("\n", 2)[2]  # without the def and the comment
+    assert body.strip() in readme
 
 
 def test_the_readme_mask_example_works_on_every_body_form(queue_path):
