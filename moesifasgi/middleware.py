@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Future
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .callbacks import request_for, response_for
@@ -63,7 +63,6 @@ class MoesifMiddleware:
         s = self.settings
         callbacks = CallbackSet("", s.skip, s.identify_user, s.identify_company, s.get_session_token, s.get_metadata)
         self.sequence = RecordingSequence(self.pipeline, callbacks, s.callback_timeout)
-        self._needs_request = callbacks.any()
         # Whether recording can ever wait for something (an async callback).
         self._may_wait = callbacks.any_async() or is_async_callable(s.mask_event_model)
         self._strict = s.durability == "strict"
@@ -192,37 +191,40 @@ class MoesifMiddleware:
         return lifespan_send
 
     async def _finish(self, exchange: Exchange, strict: Optional[bool] = None) -> None:
+        """Record the exchange once (the sequence never raises)."""
         exchange.recorded = True
-        try:
-            s = self.settings
-            request = response = None
-            if self._needs_request:
-                request, response = request_for(exchange), response_for(exchange)
+        s = self.settings
 
-            def build(identity: Identity) -> Dict[str, Any]:
-                return build_event(
-                    exchange,
-                    api_version=s.api_version,
-                    user_id=identity.user_id,
-                    company_id=identity.company_id,
-                    session_token=identity.session_token,
-                    metadata=identity.metadata,
-                    blocked_by=exchange.blocked_by,
-                    weight=identity.weight,
-                )
+        def arguments() -> Tuple[Any, Any]:
+            return request_for(exchange), response_for(exchange)
 
-            def fallback_user_id() -> Optional[str]:
-                return user_id_from_authorization(
-                    exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field)
-
-            await self.sequence.record(
-                request, response, build,
-                verb=exchange.scope.get("method", "GET"), uri=exchange.uri, ip_address=exchange.ip_address,
-                status=exchange.status, strict=self._strict if strict is None else strict,
-                fallback_user_id=fallback_user_id,
+        def build(identity: Identity) -> Dict[str, Any]:
+            return build_event(
+                exchange,
+                api_version=s.api_version,
+                user_id=identity.user_id,
+                company_id=identity.company_id,
+                session_token=identity.session_token,
+                metadata=identity.metadata,
+                blocked_by=exchange.blocked_by,
+                weight=identity.weight,
             )
-        except Exception:
+
+        def fallback_user_id() -> Optional[str]:
+            return user_id_from_authorization(
+                exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field)
+
+        try:
+            uri, ip_address = exchange.uri, exchange.ip_address
+        except Exception:  # a scope no server should send: still never the app's problem
             self._report_internal_error()
+            return
+        await self.sequence.record(
+            arguments, build,
+            verb=exchange.scope.get("method", "GET"), uri=uri, ip_address=ip_address,
+            status=exchange.status, strict=self._strict if strict is None else strict,
+            fallback_user_id=fallback_user_id,
+        )
 
     def _finish_detached(self, exchange: Exchange) -> None:
         """Record from a task being cancelled: right here when nothing can wait,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from .callbacks import CallbackTimeout, invoke
 from .event_builder import route_of
@@ -57,6 +57,7 @@ class RecordingSequence:
         self.callbacks = callbacks
         self.timeout = timeout
         self.direction = "outgoing " if callbacks.suffix else ""
+        self._needs_arguments = callbacks.any()
 
     def deadline(self) -> float:
         """When this call's callbacks (MASK_EVENT_MODEL included) must have finished."""
@@ -121,13 +122,18 @@ class RecordingSequence:
         return Identity(user_id, company_id, session_token, metadata, pipeline.weight(rate))
 
     async def record(
-        self, request: Any, response: Any, build: Callable[[Identity], Dict[str, Any]], *, verb: str, uri: str,
-        ip_address: Optional[str], status: Optional[int], strict: bool = False,
+        self, arguments: Callable[[], Tuple[Any, Any]], build: Callable[[Identity], Dict[str, Any]], *,
+        verb: str, uri: str, ip_address: Optional[str], status: Optional[int], strict: bool = False,
         fallback_user_id: Optional[Callable[[], Optional[str]]] = None,
     ) -> bool:
-        """The whole sequence for one call; True when its event was queued. Never raises."""
+        """The whole sequence for one call; True when its event was queued. Never raises.
+
+        `arguments()` gives the (request, response) the callbacks receive; `build`
+        turns the callbacks' results into the event.
+        """
         try:
             deadline = self.deadline()
+            request, response = arguments() if self._needs_arguments else (None, None)
             identity = await self.identify(
                 request, response, verb=verb, uri=uri, ip_address=ip_address, status=status,
                 deadline=deadline, fallback_user_id=fallback_user_id,

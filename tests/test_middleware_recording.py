@@ -290,3 +290,21 @@ def test_stored_events_are_strict_json(queue_path):
         raise ValueError(name)
 
     json.loads(body, parse_constant=refuse)
+
+
+# -- our own bugs ---------------------------------------------------------------------
+
+def test_our_own_error_while_recording_never_reaches_the_app_and_is_counted_by_reason(queue_path, monkeypatch, caplog):
+    from moesifasgi import middleware as middleware_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(middleware_module, "build_event", broken)
+    for durability in ("batched", "strict"):
+        client = TestClient(fastapi_app(queue_path, DURABILITY=durability))
+        assert client.post("/echo", json={"a": 1}).json() == {"a": 1}
+    assert read_events(queue_path) == []
+    assert read_counter(queue_path, "dropped") == 2
+    assert read_problems(queue_path) == {"drop:internal": 2}
+    assert caplog.text.count("unexpected error while recording") == 1
