@@ -200,9 +200,11 @@ def _flush_concurrency(settings: Mapping[str, Any]) -> int:
 def parse_settings(settings: Any) -> Settings:
     """Read a settings dict as the original package did.
 
-    Only a missing APPLICATION_ID (or settings that are not a dict) raises; any
-    other value the original would have tolerated gets its default, with a
-    warning, and a callback that is not callable (`SKIP: False`) is unset.
+    Only a missing APPLICATION_ID (or settings that are not a dict), a mask
+    setting that is not a list of names (masking must never turn itself off) and
+    the lack of any private place for the queue raise; any other value the
+    original would have tolerated gets its default, with a warning, and a
+    callback that is not callable (`SKIP: False`) is unset.
     """
     if not isinstance(settings, Mapping):
         raise TypeError(

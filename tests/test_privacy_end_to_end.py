@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sqlite3
+from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import httpx
@@ -264,3 +265,31 @@ def test_outgoing_credentials_are_kept_when_redaction_is_turned_off(capture, tar
     event = json.loads(body)
     assert event["request"]["headers"]["authorization"] == f"Bearer {secret('off')}"
     assert event["request"]["uri"].endswith(f"api_key={secret('off')}")
+
+
+# -- the README's hand-written mask ---------------------------------------------------------------
+
+def _readme_mask_event():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+    (source,) = [block for block in blocks if "def mask_event(" in block]
+    namespace: Dict[str, Any] = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    return namespace["mask_event"]
+
+
+def test_the_readme_mask_example_lets_no_password_through_in_any_body_form(tmp_path):
+    path = str(tmp_path / "queue.sqlite")
+    app = MoesifMiddleware(echo_app, settings={
+        "APPLICATION_ID": APP_ID, "QUEUE_PATH": path, "MAX_BODY_BYTES": MAX_BODY,
+        "MASK_EVENT_MODEL": _readme_mask_event(),
+    })
+    with TestClient(app) as client:
+        for form, (content_type, body) in INCOMING_BODIES.items():
+            assert client.post(f"/{form}", content=body, headers={"content-type": content_type}).status_code == 200
+        client.post("/multipart", data={"password": secret("multipart")}, files={"file": ("a.txt", b"x")})
+    queue_writer.flush_all()
+    # The echo app's secret response header is not a body: this mask is not about it.
+    stored = queue_bytes(path).replace(secret("headers").encode(), b"")
+    assert stored.count(b'"transaction_id"') >= len(INCOMING_BODIES) + 1
+    assert TAG.encode() not in stored
