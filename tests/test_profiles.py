@@ -122,9 +122,9 @@ async def test_inside_a_running_loop_the_call_returns_before_the_write(queue_pat
     insert = profiles._ProfileWriter._insert
     release = threading.Event()
 
-    def held_insert(self, path, rows):
+    def held_insert(self, *args):
         release.wait(60)  # the write cannot finish before the test lets it
-        return insert(self, path, rows)
+        return insert(self, *args)
 
     monkeypatch.setattr(profiles._ProfileWriter, "_insert", held_insert)
     future = profiles.update_user({"user_id": "u1"}, queue_path=queue_path)
