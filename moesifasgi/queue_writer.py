@@ -84,6 +84,7 @@ class QueueWriter:
         self._bytes_in = 0
         self._bytes_out = 0
         self._uncounted_drops = 0  # drops not yet added to the durable counter
+        self._uncounted_problems: Dict[str, int] = {}  # per-reason counts not yet written
         self._drops_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = False
@@ -100,7 +101,7 @@ class QueueWriter:
         size = len(row[2]) + _ITEM_OVERHEAD
         if (self._stopping or len(self._buffer) >= MAX_BUFFERED
                 or self._bytes_in - self._bytes_out + size > self.max_buffered_bytes):
-            self.count_drop()
+            self.count_drop(reason="writer-stopped" if self._stopping else "buffer-full")
             problems.report(
                 "buffer-full",
                 "moesifasgi: %d events (%d bytes) wait in memory for the queue file %s; dropping new events",
@@ -113,11 +114,24 @@ class QueueWriter:
             self._wakeup.set()
         return True
 
-    def count_drop(self, count: int = 1) -> None:
-        """Count an event dropped before it reached the queue (in the durable counter too)."""
+    def count_drop(self, count: int = 1, reason: Optional[str] = None) -> None:
+        """Count an event dropped before it reached the queue (in the durable counter too),
+        and under `drop:<reason>` in the per-reason counts when a reason is given."""
         with self._drops_lock:
             self._uncounted_drops += count
             self.dropped += count
+            if reason is not None:
+                key = "drop:" + reason
+                self._uncounted_problems[key] = self._uncounted_problems.get(key, 0) + count
+        if reason is not None and not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def count_problem(self, reason: str, count: int = 1) -> None:
+        """Count, durably and per reason, a problem that did not cost the event."""
+        with self._drops_lock:
+            self._uncounted_problems[reason] = self._uncounted_problems.get(reason, 0) + count
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     # -- control ----------------------------------------------------------------------
 
@@ -164,7 +178,8 @@ class QueueWriter:
             backlog = len(self._buffer)
             while backlog > 0 and self._buffer:
                 backlog -= self._write_some()
-            if self._uncounted_drops:
+            if self._uncounted_drops or self._uncounted_problems:
+                # Counts that came without an event to carry them (every event dropped).
                 self._write_uncounted_drops()
             self._refresh_shared_state()
             if self._stopping and not self._buffer:
@@ -222,6 +237,7 @@ class QueueWriter:
             pending = conn.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()[0]
             room = max(0, self.capacity - pending)
             kept = rows[:room]
+            low_space = 0
             if len(kept) < len(rows):
                 problems.report(
                     "queue-full",
@@ -246,33 +262,42 @@ class QueueWriter:
                         "counted (the rest is kept for the flusher to deliver what is queued)",
                         space.LOW_SPACE_BYTES, self.path, level=logging.ERROR,
                     )
+                    low_space = len(kept)
                     kept = []
+            refused = len(rows) - len(kept)
             with self._drops_lock:
                 earlier = self._uncounted_drops
-            drops = earlier + len(rows) - len(kept)
-            if drops:
-                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
-        # Only now that COMMIT succeeded: a failed one must leave the earlier drops
-        # to be counted again (and _fail counts this group's rows).
+                problems_seen = dict(self._uncounted_problems)
+            counts = dict(problems_seen)
+            if refused - low_space:
+                counts["drop:queue-full"] = counts.get("drop:queue-full", 0) + refused - low_space
+            if low_space:
+                counts["drop:disk-low"] = counts.get("drop:disk-low", 0) + low_space
+            _write_counts(conn, earlier + refused, counts)
+        # Only now that COMMIT succeeded: a failed one must leave the earlier counts
+        # to be written again (and _fail counts this group's rows).
         with self._drops_lock:
             self._uncounted_drops -= earlier
-            self.dropped += len(rows) - len(kept)
+            self.dropped += refused
+            _subtract(self._uncounted_problems, problems_seen)
         return len(kept)
 
     def _write_uncounted_drops(self) -> None:
         with self._drops_lock:
             drops = self._uncounted_drops
-        if not drops:
+            problems_seen = dict(self._uncounted_problems)
+        if not drops and not problems_seen:
             return
         try:
             conn = self._connection()
             with storage.immediate(conn):
-                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
+                _write_counts(conn, drops, problems_seen)
         except Exception as exc:  # counted again at the next attempt
             self._file.recover(exc)
             return
         with self._drops_lock:
             self._uncounted_drops -= drops
+            _subtract(self._uncounted_problems, problems_seen)
 
     def _fail(self, items: List[Tuple[EventRow, Optional[DoneCallback]]], exc: Exception) -> None:
         problems.report(
@@ -280,7 +305,7 @@ class QueueWriter:
             "moesifasgi: cannot write to the queue file %s (%s: %s); events are dropped and counted until it works again",
             self.path, type(exc).__name__, exc, level=logging.ERROR,
         )
-        self.count_drop(len(items))
+        self.count_drop(len(items), reason="write-failed")
         for _, done in items:
             if done is not None:
                 done(False)
@@ -311,6 +336,31 @@ def app_number(conn: sqlite3.Connection, application_id: Optional[str]) -> Optio
             conn.execute("INSERT OR IGNORE INTO apps (application_id) VALUES (?)", (application_id,))
         row = conn.execute("SELECT id FROM apps WHERE application_id = ?", (application_id,)).fetchone()
     return int(row[0])
+
+
+_COUNT_PROBLEM = (
+    "INSERT INTO problem_counts (reason, count, last_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at"
+)
+
+
+def _write_counts(conn: sqlite3.Connection, drops: int, per_reason: Dict[str, int]) -> None:
+    """Add to the durable counters, inside the caller's transaction."""
+    if drops:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
+    if per_reason:
+        now = time.time()
+        conn.executemany(_COUNT_PROBLEM, [(reason, count, now) for reason, count in per_reason.items()])
+
+
+def _subtract(counts: Dict[str, int], written: Dict[str, int]) -> None:
+    """Take what was just written out of the counts still to write (caller holds the lock)."""
+    for reason, count in written.items():
+        left = counts.get(reason, 0) - count
+        if left > 0:
+            counts[reason] = left
+        else:
+            counts.pop(reason, None)
 
 
 # -- one writer per queue file per process ---------------------------------------------

@@ -147,6 +147,8 @@ def _human(key: str, value: Any) -> str:
         return f"pid {value['pid']} on {value['host']} since {_when(value['since'])}"
     if key == "last_success_at" and isinstance(value, (int, float)):
         return _when(value)
+    if key == "problems" and isinstance(value, dict):
+        return ", ".join(f"{reason}={count}" for reason, count in value.items()) or "-"
     if key == "last_error" and isinstance(value, dict):
         return f"{_when(value.get('at') or 0)}: {value.get('error') or value.get('outcome')}"
     return str(value)

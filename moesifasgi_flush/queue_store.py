@@ -218,6 +218,16 @@ def counters(conn: sqlite3.Connection) -> Dict[str, int]:
     return {name: int(value) for name, value in conn.execute("SELECT name, value FROM counters")}
 
 
+def problem_counts(conn: sqlite3.Connection) -> Dict[str, int]:
+    """What went wrong while recording, per reason (callback-raised:IDENTIFY_USER,
+    mask-failed, drop:queue-full...); empty for a file older than the table."""
+    try:
+        rows = conn.execute("SELECT reason, count FROM problem_counts ORDER BY reason").fetchall()
+    except sqlite3.OperationalError:  # schema before 3, opened read-only by status
+        return {}
+    return {reason: int(count) for reason, count in rows}
+
+
 def pending(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()
     return int(row[0]) if row else 0

@@ -46,6 +46,9 @@ def queue_status(conn: sqlite3.Connection, path: str, now: Optional[float] = Non
         "in_flight": in_flight,
         "dead_letters": qs.dead_letter_count(conn),
         "dropped": counts.get("dropped", 0),
+        # Per reason: events recorded without a field (a callback raised or timed
+        # out), minimal events (MASK_EVENT_MODEL failed), and drops ("drop:...").
+        "problems": qs.problem_counts(conn),
         "sent": counts.get("sent", 0),
         "dead_lettered": counts.get("dead_lettered", 0),
         "oldest_pending_age_s": None if age is None else round(age, 3),

@@ -165,6 +165,34 @@ def test_run_drains_logs_its_stats_and_exits_zero_on_sigterm(path, collector):
     assert "Traceback" not in err
 
 
+def test_status_shows_the_recording_problems_counted_by_the_middleware_per_reason(runner, queue_path, monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from moesifasgi import MoesifMiddleware, queue_writer
+
+    app = FastAPI()
+
+    @app.get("/ok")
+    def ok():
+        return {"ok": True}
+
+    app.add_middleware(MoesifMiddleware, settings={
+        "APPLICATION_ID": APP_ID, "QUEUE_PATH": queue_path,
+        "IDENTIFY_USER": lambda request, response: request.state.user.id,
+        "MASK_EVENT_MODEL": lambda event: None})
+    client = TestClient(app)
+    for _ in range(3):
+        client.get("/ok")
+    queue_writer.flush_all()
+    monkeypatch.setenv("MOESIF_QUEUE_PATH", queue_path)
+    info = json.loads(invoke(runner, "status", "--json").output)
+    assert info["pending"] == 3 and info["dropped"] == 0
+    assert info["problems"] == {"callback-raised:IDENTIFY_USER": 3, "mask-failed": 3}
+    text = invoke(runner, "status").output
+    assert "callback-raised:IDENTIFY_USER=3" in text
+
+
 @pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("peek",), ("dead-letters", "list")])
 def test_read_only_commands_refuse_another_sqlite_file_without_touching_it(runner, tmp_path, args):
     import sqlite3

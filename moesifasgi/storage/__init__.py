@@ -22,6 +22,8 @@ except ImportError:  # Windows: no flock; see quarantine()
 from importlib import resources
 from typing import Iterator, List, Optional, Tuple
 
+from .. import queue_location
+
 BUSY_TIMEOUT_MS = 5000
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
@@ -80,16 +82,18 @@ def quarantine(path: str, corrupt_identity: Optional[Tuple[int, int]]) -> Option
     """
     if corrupt_identity is None:
         return None
-    with open(path + ".lock", "ab") as lock:
+    with os.fdopen(queue_location.open_private_file(path + ".lock"), "rb+") as lock:
         if fcntl is not None:  # without it, the identity check alone narrows the race
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         if file_identity(path) != corrupt_identity:
             return None
         target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         os.rename(path, target)
-        for suffix in ("-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm"):
             try:
-                os.rename(path + suffix, target + suffix)
+                if suffix:
+                    os.rename(path + suffix, target + suffix)
+                os.chmod(target + suffix, 0o600)  # kept for inspection, still private
             except FileNotFoundError:
                 pass
         return target
@@ -114,23 +118,6 @@ def latest_version() -> int:
     return migrations()[-1][0]
 
 
-def _create_private_file(path: str) -> None:
-    """Create the database file as mode 0600 before SQLite opens it.
-
-    SQLite gives the -wal and -shm files the permissions of the database file, so
-    creating the main file privately keeps all three private: they hold headers
-    and bodies of API calls.
-    """
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-
-
 def file_identity(path: str) -> Optional[Tuple[int, int]]:
     """(device, inode) of the file at `path`, None when there is none.
 
@@ -151,10 +138,13 @@ def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.
     With `create=False` a missing file is a QueueError instead of a new empty queue
     (the CLI uses this so that a typo in a path is reported, not silently created).
     """
-    if create:
-        _create_private_file(path)
-    elif not os.path.exists(path):
+    if not create and not os.path.exists(path):
         raise QueueError(f"no queue file at {path}")
+    try:
+        # Private directory, no symlinks, every file 0600: see queue_location.
+        queue_location.prepare_queue_file(path, create=create)
+    except (OSError, queue_location.UnsafeQueueLocation) as exc:
+        raise QueueError(f"cannot use queue file {path}: {exc}") from exc
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     except sqlite3.Error as exc:
