@@ -109,7 +109,7 @@ def _watch_loop(ctx: CliContext, interval: float, count: Optional[int]) -> None:
 
 @command(cli)
 @click.option("--max-age", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
-              help="Unhealthy when the oldest pending event is older than this.")
+              help="Unhealthy when the oldest pending event is older than this (0: never).")
 @click.option("--require-leader", is_flag=True, help="Unhealthy when no process holds the flusher lease.")
 @click.option("--dead-letter-window", type=click.FloatRange(min=0), default=300.0, show_default=True,
               metavar="SECONDS", help="Unhealthy when events were dead-lettered this recently (0: never).")
@@ -120,7 +120,9 @@ def check(ctx: CliContext, max_age: float, require_leader: bool, dead_letter_win
     Problems: the file is missing or unusable, the oldest pending event is older
     than --max-age (nothing drains: Moesif down, no flusher, bad application id),
     no leader (with --require-leader), events dead-lettered recently.
-    Read-only, like status.
+    Read-only, like status. As a Kubernetes liveness probe of the sidecar, check
+    only that the daemon holds the lease (an outage must not restart it):
+    `check --require-leader --max-age 0 --dead-letter-window 0`.
 
     \b
     Example:
@@ -138,7 +140,7 @@ def check(ctx: CliContext, max_age: float, require_leader: bool, dead_letter_win
     oldest = info["oldest_pending_age_s"]
     last_error = info.get("last_error") or {}
     cause = f"; last error: {last_error.get('error') or last_error.get('outcome')}" if last_error else ""
-    if oldest is not None and oldest > max_age:
+    if max_age and oldest is not None and oldest > max_age:
         _unhealthy(f"the oldest pending event is {age(oldest)} old (over --max-age {max_age:g} s); "
                    f"{info['pending']} pending{cause}")
     if require_leader and info["leader"] is None:

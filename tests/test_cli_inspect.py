@@ -135,6 +135,7 @@ def test_check_names_an_old_backlog_with_the_last_error(runner, path):
     assert result.exit_code == 1 and _one_line(result.output)
     assert "oldest pending event is 6 min" in result.output and "connection refused" in result.output
     assert invoke(runner, "check", "--max-age", "600", "--queue", path).exit_code == 0
+    assert invoke(runner, "check", "--max-age", "0", "--queue", path).exit_code == 0  # 0: not checked
 
 
 def test_check_requires_a_leader_only_when_asked(runner, path):
