@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Future
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .callbacks import request_for, response_for
@@ -63,10 +64,10 @@ class MoesifMiddleware:
         s = self.settings
         callbacks = CallbackSet("", s.skip, s.identify_user, s.identify_company, s.get_session_token, s.get_metadata)
         self.sequence = RecordingSequence(self.pipeline, callbacks, s.callback_timeout)
-        self._needs_request = callbacks.any()
         # Whether recording can ever wait for something (an async callback).
         self._may_wait = callbacks.any_async() or is_async_callable(s.mask_event_model)
         self._strict = s.durability == "strict"
+        self._in_flight = 0
         profiles.use_queue_path(s.queue_path)
         if s.capture_outgoing_requests:
             try:
@@ -100,6 +101,15 @@ class MoesifMiddleware:
         # Apps without lifespan start the flusher on their first request; after
         # that this is one dict lookup.
         ensure_flusher_started(self.settings)
+        # Counted until the call is recorded (or handed to a task of its own when
+        # cancelled), so that shutdown can wait for it.
+        self._in_flight += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             exchange = Exchange(
                 scope,
@@ -184,45 +194,57 @@ class MoesifMiddleware:
                 # what this worker still holds, then hand the lease back so
                 # another worker (or the next start) drains without waiting for
                 # it to expire.
-                await wait_background(SHUTDOWN_RECORDING_WAIT)
+                await self.wait_for_recordings(SHUTDOWN_RECORDING_WAIT)
                 await asyncio.get_running_loop().run_in_executor(None, close_all)
                 await stop_embedded()
             await send(message)
 
         return lifespan_send
 
+    async def wait_for_recordings(self, timeout: float) -> bool:
+        """Wait, at most `timeout` seconds, until every call this middleware has seen
+        is recorded: calls still running (a server that cancelled them unwinds
+        them now) and recordings running in tasks of their own. True if all were."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return await wait_background(max(0.0, deadline - time.monotonic())) and not self._in_flight
+
     async def _finish(self, exchange: Exchange, strict: Optional[bool] = None) -> None:
+        """Record the exchange once (the sequence never raises)."""
         exchange.recorded = True
-        try:
-            s = self.settings
-            request = response = None
-            if self._needs_request:
-                request, response = request_for(exchange), response_for(exchange)
+        s = self.settings
 
-            def build(identity: Identity) -> Dict[str, Any]:
-                return build_event(
-                    exchange,
-                    api_version=s.api_version,
-                    user_id=identity.user_id,
-                    company_id=identity.company_id,
-                    session_token=identity.session_token,
-                    metadata=identity.metadata,
-                    blocked_by=exchange.blocked_by,
-                    weight=identity.weight,
-                )
+        def arguments() -> Tuple[Any, Any]:
+            return request_for(exchange), response_for(exchange)
 
-            def fallback_user_id() -> Optional[str]:
-                return user_id_from_authorization(
-                    exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field)
-
-            await self.sequence.record(
-                request, response, build,
-                verb=exchange.scope.get("method", "GET"), uri=exchange.uri, ip_address=exchange.ip_address,
-                status=exchange.status, strict=self._strict if strict is None else strict,
-                fallback_user_id=fallback_user_id,
+        def build(identity: Identity) -> Dict[str, Any]:
+            return build_event(
+                exchange,
+                api_version=s.api_version,
+                user_id=identity.user_id,
+                company_id=identity.company_id,
+                session_token=identity.session_token,
+                metadata=identity.metadata,
+                blocked_by=exchange.blocked_by,
+                weight=identity.weight,
             )
-        except Exception:
+
+        def fallback_user_id() -> Optional[str]:
+            return user_id_from_authorization(
+                exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field)
+
+        try:
+            uri, ip_address = exchange.uri, exchange.ip_address
+        except Exception:  # a scope no server should send: still never the app's problem
             self._report_internal_error()
+            return
+        await self.sequence.record(
+            arguments, build,
+            verb=exchange.scope.get("method", "GET"), uri=uri, ip_address=ip_address,
+            status=exchange.status, strict=self._strict if strict is None else strict,
+            fallback_user_id=fallback_user_id,
+        )
 
     def _finish_detached(self, exchange: Exchange) -> None:
         """Record from a task being cancelled: right here when nothing can wait,

@@ -16,6 +16,7 @@ from . import jsoncodec
 from .bodies import truncation_marker
 from .callbacks import CallbackTimeout
 from .diagnostics import problems
+from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
 from .queue_writer import QueueWriter, current_pid, writer_for
 from .sampling import keep, weight_for
@@ -33,6 +34,8 @@ class EventPipeline:
         self.settings = settings
         self._writer: Optional[QueueWriter] = None
         self._writer_pid = 0
+        # None when there is nothing to mask: persist() then pays one test.
+        self._incoming_masker, self._outgoing_masker = maskers_for(settings)
 
     @property
     def writer(self) -> QueueWriter:
@@ -100,6 +103,10 @@ class EventPipeline:
         metadata) is queued in its place and the failure counted.
         """
         writer = writer or self.writer
+        # The declarative masks first, so MASK_EVENT_MODEL (and any failure report) sees the masked event.
+        masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
+        if masker is not None:
+            masker.apply(event)
         mask = self.settings.mask_event_model
         if mask is not None:
             try:

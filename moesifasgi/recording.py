@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from .callbacks import CallbackTimeout, invoke
 from .event_builder import route_of
+from .field_masks import loggable_url
 from .pipeline import EventPipeline
 from .sync_bridge import is_async_callable
 
@@ -56,6 +57,7 @@ class RecordingSequence:
         self.callbacks = callbacks
         self.timeout = timeout
         self.direction = "outgoing " if callbacks.suffix else ""
+        self._needs_arguments = callbacks.any()
 
     def deadline(self) -> float:
         """When this call's callbacks (MASK_EVENT_MODEL included) must have finished."""
@@ -120,13 +122,18 @@ class RecordingSequence:
         return Identity(user_id, company_id, session_token, metadata, pipeline.weight(rate))
 
     async def record(
-        self, request: Any, response: Any, build: Callable[[Identity], Dict[str, Any]], *, verb: str, uri: str,
-        ip_address: Optional[str], status: Optional[int], strict: bool = False,
+        self, arguments: Callable[[], Tuple[Any, Any]], build: Callable[[Identity], Dict[str, Any]], *,
+        verb: str, uri: str, ip_address: Optional[str], status: Optional[int], strict: bool = False,
         fallback_user_id: Optional[Callable[[], Optional[str]]] = None,
     ) -> bool:
-        """The whole sequence for one call; True when its event was queued. Never raises."""
+        """The whole sequence for one call; True when its event was queued. Never raises.
+
+        `arguments()` gives the (request, response) the callbacks receive; `build`
+        turns the callbacks' results into the event.
+        """
         try:
             deadline = self.deadline()
+            request, response = arguments() if self._needs_arguments else (None, None)
             identity = await self.identify(
                 request, response, verb=verb, uri=uri, ip_address=ip_address, status=status,
                 deadline=deadline, fallback_user_id=fallback_user_id,
@@ -135,7 +142,10 @@ class RecordingSequence:
                 return False
             event = build(identity)
             if self.pipeline.settings.debug:
-                logger.debug("moesifasgi: queueing %sevent %s %s -> %s", self.direction, verb, uri, status)
+                # Method, host and path only: the query string and user info may hold
+                # what a mask removes (the event itself is masked only in persist()).
+                logger.debug("moesifasgi: queueing %sevent %s %s -> %s", self.direction, verb, loggable_url(uri),
+                             status)
             return await self.pipeline.persist(event, strict=strict, deadline=deadline)
         except Exception:
             self.pipeline.internal_error(

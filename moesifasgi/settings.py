@@ -64,6 +64,12 @@ class Settings:
     capture_outgoing_requests: bool = False
     callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
     log_body_outgoing: bool = True
+    # Declarative masks (lower-case names) and the outgoing credential default: see field_masks.
+    request_header_masks: Tuple[str, ...] = ()
+    response_header_masks: Tuple[str, ...] = ()
+    request_body_masks: Tuple[str, ...] = ()
+    response_body_masks: Tuple[str, ...] = ()
+    redact_outgoing_credentials: bool = True
     skip: Optional[Callback] = None
     identify_user: Optional[Callback] = None
     identify_company: Optional[Callback] = None
@@ -151,6 +157,18 @@ def _seconds(settings: Mapping[str, Any], key: str, default: float, *, zero: boo
     return float(value)
 
 
+def _names(settings: Mapping[str, Any], key: str) -> Tuple[str, ...]:
+    """A list of header or field names; a string is read as comma-separated names."""
+    value = settings.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"moesifasgi: {key} must be a list of names, e.g. ['password'], got {value!r}")
+    return tuple(sorted({v.strip().lower() for v in value if v.strip()}))
+
+
 def _choice(settings: Mapping[str, Any], key: str, choices: Tuple[str, ...]) -> str:
     value = settings.get(key) or choices[0]
     if value not in choices:
@@ -182,9 +200,11 @@ def _flush_concurrency(settings: Mapping[str, Any]) -> int:
 def parse_settings(settings: Any) -> Settings:
     """Read a settings dict as the original package did.
 
-    Only a missing APPLICATION_ID (or settings that are not a dict) raises; any
-    other value the original would have tolerated gets its default, with a
-    warning, and a callback that is not callable (`SKIP: False`) is unset.
+    Only a missing APPLICATION_ID (or settings that are not a dict), a mask
+    setting that is not a list of names (masking must never turn itself off) and
+    the lack of any private place for the queue raise; any other value the
+    original would have tolerated gets its default, with a warning, and a
+    callback that is not callable (`SKIP: False`) is unset.
     """
     if not isinstance(settings, Mapping):
         raise TypeError(
@@ -234,6 +254,11 @@ def parse_settings(settings: Any) -> Settings:
         capture_outgoing_requests=bool(settings.get("CAPTURE_OUTGOING_REQUESTS", False)),
         callback_timeout=_seconds(settings, "CALLBACK_TIMEOUT", DEFAULT_CALLBACK_TIMEOUT, zero=False),
         log_body_outgoing=bool(settings.get("LOG_BODY_OUTGOING", True)),
+        request_header_masks=_names(settings, "REQUEST_HEADER_MASKS"),
+        response_header_masks=_names(settings, "RESPONSE_HEADER_MASKS"),
+        request_body_masks=_names(settings, "REQUEST_BODY_MASKS"),
+        response_body_masks=_names(settings, "RESPONSE_BODY_MASKS"),
+        redact_outgoing_credentials=bool(settings.get("REDACT_OUTGOING_CREDENTIALS", True)),
         raw=dict(settings),
         **callbacks,
     )

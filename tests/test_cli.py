@@ -43,8 +43,8 @@ def test_every_command_has_help_with_an_example(runner):
         assert result.exit_code == 0
         assert "Example" in result.output and "moesif-flush" in result.output, names_path
         names.append(" ".join(names_path))
-    assert {"run", "drain", "status", "peek", "migrate", "dead-letters list", "dead-letters requeue",
-            "dead-letters purge"} <= set(names)
+    assert {"run", "drain", "status", "peek", "migrate", "check", "queues", "dead-letters list",
+            "dead-letters show", "dead-letters requeue", "dead-letters purge"} <= set(names)
 
 
 @pytest.mark.parametrize("args", [("status",), ("peek",), ("dead-letters", "list"), ("drain",)])
@@ -99,7 +99,7 @@ def test_status_json_reports_counts_the_leader_and_the_last_outcomes(runner, pat
     assert info["last_error"]["status"] == 503 and info["last_success_at"] is None
     assert info["queue_file_bytes"] > 0 and info["schema_version"] == storage.latest_version()
     text = invoke(runner, "status").output
-    assert "pending:" in text and "pid 4242 on box" in text
+    assert "pending:" in text and "pid 4242 on box" in text and "3 events (1 in flight), oldest 1 min" in text
 
 
 def test_peek_prints_the_next_events_as_pretty_json(runner, path):
@@ -130,7 +130,7 @@ def test_drain_prints_sent_failed_and_left_and_exits_zero_when_empty(runner, pat
     insert_events(path, 60)
     result = invoke(runner, "--queue", path, "--application-id", APP_ID, "--base-uri", collector.url, "drain")
     assert result.exit_code == 0
-    assert result.output.startswith("sent 60, failed 0, left 0")
+    assert result.output.startswith("sent 60 events, 0 dead-lettered, 0 not sent after errors, 0 left in the queue")
     assert collector.event_count == 60
 
 
@@ -139,11 +139,12 @@ def test_drain_exits_non_zero_when_events_remain_because_of_errors(runner, path,
     collector.fail_for(401, 30)
     result = invoke(runner, "--queue", path, "--application-id", APP_ID, "--base-uri", collector.url, "drain")
     assert result.exit_code == 1
-    assert "sent 0, failed 10, left 10" in result.output and "application id" in result.output
+    assert "sent 0 events, 0 dead-lettered, 10 not sent after errors, 10 left" in result.output
+    assert "application id" in result.output
     collector.fail_for(503, 30)
     result = invoke(runner, "--queue", path, "--application-id", APP_ID, "--base-uri", collector.url,
                     "drain", "--max-seconds", "0.5")
-    assert result.exit_code == 1 and "left 10" in result.output
+    assert result.exit_code == 1 and "10 left" in result.output
 
 
 def test_run_drains_logs_its_stats_and_exits_zero_on_sigterm(path, collector):

@@ -121,7 +121,7 @@ class OutgoingRecorder:
             )
 
         return await self.sequence.record(
-            call.request, call.response, build,
+            lambda: (call.request, call.response), build,
             verb=call.method, uri=call.url, ip_address=None, status=call.status,
         )
 
