@@ -312,3 +312,30 @@ def test_our_own_error_while_recording_never_reaches_the_app_and_is_counted_by_r
     assert read_counter(queue_path, "dropped") == 2
     assert read_problems(queue_path) == {"drop:internal": 2}
     assert caplog.text.count("unexpected error while recording") == 1
+
+
+async def test_a_receive_that_fails_during_the_read_ahead_fails_for_the_app_where_it_would_have(queue_path):
+    calls = []
+
+    async def receive():
+        calls.append(1)
+        if len(calls) == 1:
+            return {"type": "http.request", "body": b'{"a":', "more_body": True}
+        raise OSError("connection reset")
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(await receive())
+        try:
+            await receive()
+        except OSError as exc:
+            seen.append(str(exc))
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    scope = http_scope("/x", method="POST", headers=[(b"host", b"h"), (b"content-length", b"7")])
+    await MoesifMiddleware(app, settings(queue_path))(scope, receive, Recorder())
+    assert seen == [{"type": "http.request", "body": b'{"a":', "more_body": True}, "connection reset"]
+    [event] = read_events(queue_path)
+    assert event["response"]["status"] == 400
