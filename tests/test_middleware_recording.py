@@ -339,3 +339,27 @@ async def test_a_receive_that_fails_during_the_read_ahead_fails_for_the_app_wher
     assert seen == [{"type": "http.request", "body": b'{"a":', "more_body": True}, "connection reset"]
     [event] = read_events(queue_path)
     assert event["response"]["status"] == 400
+
+
+async def test_a_call_cancelled_while_its_callbacks_run_after_the_response_is_still_recorded_once(queue_path):
+    from moesifasgi.sync_bridge import wait_background
+
+    started = asyncio.Event()
+
+    async def identify_user(request, response):
+        started.set()
+        await asyncio.sleep(0.2)
+        return "ann"
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = MoesifMiddleware(app, settings(queue_path, IDENTIFY_USER=identify_user))
+    task = asyncio.create_task(middleware(http_scope("/done"), _no_body, Recorder()))
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await wait_background(10)
+    [event] = read_events(queue_path)
+    assert event["response"]["status"] == 200 and event["user_id"] == "ann"
