@@ -182,7 +182,14 @@ class MoesifMiddleware:
         # wait for callbacks or encoding. Also reached when the app returned
         # without sending the last chunk (client gone).
         if not exchange.recorded and exchange.response_started:
-            await self._finish(exchange)
+            try:
+                await self._finish(exchange)
+            except asyncio.CancelledError:
+                # Cancelled while awaiting a callback: nothing was queued yet (the
+                # hand-over to the writer has no await after it), so start over
+                # where the cancellation cannot reach.
+                self._finish_detached(exchange)
+                raise
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:

@@ -161,7 +161,7 @@ def to_row(profile: Any, kind: str, now: float) -> ProfileRow:
 
 def _resolve(queue_path: Optional[str]) -> str:
     if queue_path:
-        return os.path.abspath(os.path.expanduser(queue_path))
+        return resolve_queue_path(queue_path, "")  # "~" never kept as a directory name
     if _registered:
         return _registered[-1]
     app_id = os.environ.get("MOESIF_APPLICATION_ID", "")
