@@ -24,7 +24,7 @@ import click
 
 from moesifasgi import storage
 from moesifasgi._version import __version__
-from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path
+from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path, resolve_queue_path
 from moesifasgi.settings import DEFAULT_BASE_URI
 
 from .cli_logging import configure_logging
@@ -50,7 +50,10 @@ class CliContext:
     def queue_source(self) -> Tuple[str, str]:
         """(path, how it was chosen), for messages that must say where a path came from."""
         if self.queue:
-            return os.path.abspath(os.path.expanduser(self.queue)), "--queue / MOESIF_QUEUE_PATH"
+            try:  # "~" expanded from HOME or the passwd entry, never kept as a directory name
+                return resolve_queue_path(self.queue, ""), "--queue / MOESIF_QUEUE_PATH"
+            except UnsafeQueueLocation as exc:
+                raise click.ClickException(str(exc)) from exc
         if self.application_id:
             try:
                 path = default_queue_path(self.application_id)
@@ -100,6 +103,8 @@ class CliContext:
             raise click.ClickException(f"{path} is a directory, not a queue file")
         try:
             return storage.connect(path, create=create)
+        except UnsafeQueueLocation as exc:
+            raise click.ClickException(str(exc)) from exc
         except storage.QueueError as exc:
             raise click.ClickException(f"{exc}{self._missing_hint(exc)}") from exc
 
@@ -181,6 +186,8 @@ class _Group(click.Group):
             raise Interrupted("interrupted") from exc
         except (sqlite3.Error, storage.QueueError) as exc:
             raise click.ClickException(f"queue file error: {exc}") from exc
+        except UnsafeQueueLocation as exc:
+            raise click.ClickException(str(exc)) from exc
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
         except Exception as exc:
