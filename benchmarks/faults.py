@@ -194,6 +194,11 @@ class Stage:
         ok = set(gen.ok_ids)
         if self.stalled:
             extra["stalled"] = ",".join(self.stalled)
+        if self.target.name == "ours" and len(ok - seen) > 0 and os.path.exists(self.queue):
+            # Lost, or still queued (no flusher drained it)? Only a status tells.
+            st = self.status()
+            extra["left_in_queue"] = f"{st.get('pending')}+{st.get('in_flight')}"
+            extra["leader_at_end"] = (st.get("leader") or {}).get("pid")
         return Outcome(scenario, self.target.name, len(ok), len(ok & seen), dups, gen.failures, gen.non_2xx,
                        delivery_s, extra)
 
