@@ -103,6 +103,8 @@ class CliContext:
             raise click.ClickException(f"{path} is a directory, not a queue file")
         try:
             return storage.connect(path, create=create)
+        except UnsafeQueueLocation as exc:
+            raise click.ClickException(str(exc)) from exc
         except storage.QueueError as exc:
             raise click.ClickException(f"{exc}{self._missing_hint(exc)}") from exc
 
@@ -184,6 +186,8 @@ class _Group(click.Group):
             raise Interrupted("interrupted") from exc
         except (sqlite3.Error, storage.QueueError) as exc:
             raise click.ClickException(f"queue file error: {exc}") from exc
+        except UnsafeQueueLocation as exc:
+            raise click.ClickException(str(exc)) from exc
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
         except Exception as exc:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from moesifasgi import storage
 from moesifasgi._version import __version__
-from moesifasgi.settings import default_queue_path
+from moesifasgi.queue_location import default_queue_path
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.cli import cli
 from moesifasgi_flush.lease import Lease
@@ -249,3 +249,33 @@ def test_read_only_commands_leave_an_old_schema_alone(runner, path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.latest_version() - 1
     conn.close()
+
+
+def test_a_leader_whose_process_is_gone_is_marked_at_once(runner, path):
+    import socket
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    conn = storage.connect(path)
+    Lease(f"{socket.gethostname()}:{gone.pid}:ab", duration=30).try_acquire(conn)
+    conn.close()
+    text = invoke(runner, "status", "--queue", path).output
+    assert f"pid {gone.pid} on {socket.gethostname()}" in text and "NOT RUNNING here" in text
+    info = json.loads(invoke(runner, "status", "--json", "--queue", path).output)
+    assert info["leader"]["running_here"] is False
+    conn = storage.connect(path)
+    Lease(duration=30).try_acquire(conn)  # expired? no: still held by the dead one for 30 s
+    conn.execute("DELETE FROM leases")
+    Lease(duration=30).try_acquire(conn)  # this test process: running
+    conn.close()
+    assert json.loads(invoke(runner, "status", "--json", "--queue", path).output)["leader"]["running_here"] is True
+
+
+def test_status_and_queues_name_the_apps_that_wrote_to_the_file(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    mine = default_queue_path(APP_ID)
+    conn = storage.connect(mine)
+    conn.execute("INSERT INTO apps (application_id) VALUES (?), (?)", (APP_ID, "second-app"))
+    conn.close()
+    text = invoke(runner, "status", "--queue", mine).output
+    assert "application id: second-app, test-app-id" in text
+    assert "app second-app, test-app-id" in invoke(runner, "queues").output
