@@ -83,6 +83,20 @@ def _check_ancestors(directory: str) -> None:
         current = parent
 
 
+def _check_links(directory: str) -> None:
+    """A symlink on the way to `directory` must be ours or root's: another user could repoint it."""
+    euid = _euid()
+    current = os.path.abspath(directory)
+    while True:
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (euid, 0):
+            raise UnsafeQueueLocation(f"{current} is a symlink owned by uid {st.st_uid}, who could repoint it")
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
+
+
 def _private_directory(directory: str) -> None:
     """Create `directory` mode 0700, or accept it only if it is ours (then make it 0700).
 
@@ -196,6 +210,7 @@ def _check_directory(directory: str, *, create: bool) -> None:
             f"moesifasgi: the queue directory {directory} is writable by other users (mode "
             f"{st.st_mode & 0o7777:04o}), who could read the queue by planting its files; {_SETTING_HINT}")
     try:
+        _check_links(directory)
         _check_ancestors(directory)
     except UnsafeQueueLocation as exc:
         raise UnsafeQueueLocation(f"moesifasgi: unsafe queue location: {exc}; {_SETTING_HINT}") from None
