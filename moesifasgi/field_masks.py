@@ -27,7 +27,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Any, Dict, FrozenSet, Iterable, Optional, Pattern, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, Match, Optional, Pattern, Tuple
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import jsoncodec
@@ -141,6 +141,10 @@ def _mask_headers(section: Dict[str, Any], names: FrozenSet[str]) -> None:
 
 def mask_form(text: str, fields: FrozenSet[str]) -> str:
     """`a=1&password=x` -> `a=1&password=***MASKED***`; names compared decoded."""
+    if "%" not in text:
+        lowered = text.lower()
+        if not any(name in lowered for name in fields):
+            return text
     pieces = text.split("&")
     changed = False
     for index, piece in enumerate(pieces):
@@ -162,6 +166,9 @@ def loggable_url(url: str) -> str:
 
 
 def mask_url(url: str, fields: FrozenSet[str], *, userinfo: bool = False) -> str:
+    query_at = url.find("?")
+    if not (userinfo and "@" in url) and (query_at < 0 or mask_form(url[query_at + 1:], fields) == url[query_at + 1:]):
+        return url  # the usual case, decided without taking the URL apart
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -189,7 +196,9 @@ def _key_pattern(fields: FrozenSet[str]) -> Optional[Pattern[str]]:
 
 
 def _name_list(fields: FrozenSet[str]) -> Tuple[str, ...]:
-    return tuple(sorted(fields))
+    """The names a text must contain one of to hold any of `fields`: "token" covers
+    "access_token", so the quick test of a body runs fewer searches."""
+    return tuple(sorted(n for n in fields if not any(o != n and o in n for o in fields)))
 
 
 def _mask_section_body(section: Dict[str, Any], fields: FrozenSet[str], pattern: Pattern[str],
@@ -318,7 +327,7 @@ def _mask_text_body(text: str, fields: FrozenSet[str], pattern: Pattern[str], na
     if "form-data" in text.lower():
         text = mask_multipart(text, fields)
     if "x-www-form-urlencoded" in kind or _FORM.match(text.strip()):
-        return mask_text(mask_form(text, fields), pattern)
+        return mask_text(mask_form(text, fields), pattern, fields)
     if not truncated and text.lstrip()[:1] in ("{", "[") and ("NaN" in text or "Infinity" in text):
         # Valid JSON for Python but not for orjson: parsed and walked. (Other JSON
         # stored as base64 failed both parsers; mask_text handles it, and this too.)
@@ -354,7 +363,7 @@ def mask_multipart(text: str, fields: FrozenSet[str]) -> str:
     return "".join(out)
 
 
-def mask_text(text: str, pattern: Pattern[str], fields: Optional[FrozenSet[str]] = None) -> str:
+def mask_text(text: str, pattern: Pattern[str], fields: FrozenSet[str]) -> str:
     """Replace the value after every `name:` / `name=` / `"name":` in `text`.
 
     Cut-off JSON, JSON with a trailing comma, a log line, a YAML or header
@@ -362,9 +371,9 @@ def mask_text(text: str, pattern: Pattern[str], fields: Optional[FrozenSet[str]]
     found is removed with everything after it.
     """
     spans = []
-    for match in pattern.finditer(text):
+    for match in _key_matches(text, pattern, fields):
         spans.append((match.end(), match.group(1)))
-    if fields and "\\u" in text:
+    if "\\u" in text:
         # A key spelled with \\u escapes in a document json could not parse.
         for match in _JSON_KEY.finditer(text):
             if "\\u" not in match.group(1):
@@ -392,6 +401,25 @@ def mask_text(text: str, pattern: Pattern[str], fields: Optional[FrozenSet[str]]
         position = end
     out.append(text[position:])
     return "".join(out)
+
+
+def _key_matches(text: str, pattern: Pattern[str], fields: FrozenSet[str]) -> Iterator[Match[str]]:
+    """`pattern`'s matches, tried only where a name occurs (str.find is far faster than
+    a case-insensitive regex scan of the whole text)."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a character whose lower case is longer: positions would shift
+        yield from pattern.finditer(text)
+        return
+    tried = set()
+    for name in fields:
+        index = lowered.find(name)
+        while index >= 0:
+            if index not in tried:
+                tried.add(index)
+                match = pattern.match(text, index)
+                if match is not None:
+                    yield match
+            index = lowered.find(name, index + 1)
 
 
 def _value_extent(text: str, start: int, separator: str) -> Tuple[Optional[int], str]:
