@@ -28,9 +28,11 @@ from typing import List, Optional
 
 __all__ = [
     "UnsafeQueueLocation",
+    "default_queue_name",
     "default_queue_path",
     "open_private_file",
     "prepare_queue_file",
+    "queue_directories",
     "resolve_queue_path",
 ]
 
@@ -112,18 +114,17 @@ def _private_directory(directory: str) -> None:
     _check_ancestors(directory)
 
 
-def default_queue_path(application_id: str, cwd: Optional[str] = None) -> str:
-    """Where the queue lives when neither QUEUE_PATH nor MOESIF_QUEUE_PATH is set.
-
-    Every worker of one app runs as the same user from the same directory with the
-    same application id, so hashing those two gives them the same file, while two
-    apps on one host get two files. The state directory survives reboots, unlike a
-    tmpfs /tmp; when it cannot be used, `<tempdir>/moesifasgi-<uid>`, but only a
-    private one this process creates or already owns.
-    """
+def default_queue_name(application_id: str, cwd: Optional[str] = None) -> str:
+    """`queue-<the first 16 hex digits of sha256(application id, NUL, real working directory)>.sqlite`."""
     cwd = os.path.realpath(cwd or os.getcwd())
     digest = hashlib.sha256(f"{application_id}\0{cwd}".encode()).hexdigest()[:16]
-    name = f"queue-{digest}.sqlite"
+    return f"queue-{digest}.sqlite"
+
+
+def queue_directories() -> List[str]:
+    """The directories a default queue file may live in, first choice first; nothing is
+    created here (`moesif-flush queues` lists them): `$XDG_STATE_HOME/moesifasgi` (or
+    `~/.local/state/moesifasgi`), then `<tempdir>/moesifasgi-<uid>`."""
     candidates: List[str] = []
     state = os.environ.get("XDG_STATE_HOME")
     if state and os.path.isabs(state):  # the XDG spec says to ignore a relative one
@@ -134,8 +135,21 @@ def default_queue_path(application_id: str, cwd: Optional[str] = None) -> str:
             candidates.append(os.path.join(home, ".local", "state", "moesifasgi"))
     uid = os.getuid() if hasattr(os, "getuid") else 0
     candidates.append(os.path.join(tempfile.gettempdir(), f"moesifasgi-{uid}"))
+    return candidates
+
+
+def default_queue_path(application_id: str, cwd: Optional[str] = None) -> str:
+    """Where the queue lives when neither QUEUE_PATH nor MOESIF_QUEUE_PATH is set.
+
+    Every worker of one app runs as the same user from the same directory with the
+    same application id, so hashing those two gives them the same file, while two
+    apps on one host get two files. The state directory survives reboots, unlike a
+    tmpfs /tmp; when it cannot be used, `<tempdir>/moesifasgi-<uid>`, but only a
+    private one this process creates or already owns.
+    """
+    name = default_queue_name(application_id, cwd)
     reasons = []
-    for directory in candidates:
+    for directory in queue_directories():
         try:
             parent = os.path.dirname(directory)
             if not os.path.isdir(parent):

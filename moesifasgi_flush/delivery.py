@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence
 from . import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
-from .client import AUTH, OK, REJECT, TOO_LARGE, MoesifClient, PostResult
+from .client import AUTH, OK, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class Delivery:
         self.auth_blocked = False
         self.errors = 0  # consecutive failed posts, reset by a success
         self.failed_posts = 0  # every failed post, for the daemon's periodic log line
+        # Failed posts by outcome (retry, auth, reject, too_large), for the daemon's
+        # metrics; every key exists up front so a reader on another thread can copy it.
+        self.failures = {RETRY: 0, AUTH: 0, REJECT: 0, TOO_LARGE: 0}
+        self.last_failure: Optional[str] = None  # what the last failed post said, for drain's last line
         self._failing = False
         self._last_success_write = 0.0
         self._last_error_write = 0.0
@@ -132,11 +136,18 @@ class Delivery:
         out.dead_lettered += await self.db.run(qs.dead_letter, self.owner, [row.id], result.status, reason)
         logger.warning("Moesif rejected event %s (%s); it was moved to the dead letters", row.transaction_id, reason)
         self.failed_posts += 1
+        self._count_failure(result)
         await self._record_error(result)
+
+    def _count_failure(self, result: PostResult) -> None:
+        kind = result.outcome if result.outcome in self.failures else RETRY
+        self.failures[kind] += 1
+        self.last_failure = result.error or (f"HTTP {result.status}" if result.status else result.outcome)
 
     async def _failed(self, result: PostResult) -> None:
         self.errors += 1
         self.failed_posts += 1
+        self._count_failure(result)
         now = time.monotonic()
         if result.outcome == AUTH:
             self.paused_until = max(self.paused_until, now + self.auth_probe_interval)

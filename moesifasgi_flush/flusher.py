@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import httpx
@@ -241,11 +241,19 @@ class Flusher:
         remaining = await self.db.run(qs.pending)
         return pump.stats(remaining, time.monotonic() - started)
 
-    def interrupt_drain(self) -> None:
-        """Make a running `drain()` stop claiming and return (signal handlers call this)."""
+    def interrupt_drain(self, reason: str = "interrupted") -> None:
+        """Make a running `drain()` stop claiming and return (signal handlers call this);
+        `reason` becomes its DrainStats.error."""
         if self._draining is not None:
-            self._draining.last_error = "interrupted"
+            self._draining.last_error = reason
             self._draining.request_stop()
+
+    def hurry(self) -> None:
+        """Post partial batches at once from now on: a daemon draining its backlog
+        before it stops has no time to wait for full ones."""
+        self.options = replace(self.options, batch_wait=0.0)
+        if self._pump is not None:
+            self._pump.batch_wait = 0.0
 
     @staticmethod
     async def _report(pump: Pump, progress: Callable[[int], None]) -> None:

@@ -186,12 +186,44 @@ def purge_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = 
         return conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
 
 
-def list_dead_letters(conn: sqlite3.Connection, limit: int = 50) -> List[Dict[str, Any]]:
+_DEAD_LETTER_KEYS = ("id", "kind", "transaction_id", "created_at", "status", "reason", "failed_at", "body_chars")
+
+
+def list_dead_letters(conn: sqlite3.Connection, limit: int = 50, *, offset: int = 0,
+                      reason: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Dead letters in id order, a page at a time; `reason` keeps those whose reason
+    (or status) contains it, case-insensitively."""
+    where = ""
+    params: List[Any] = []
+    if reason:
+        where = " WHERE instr(lower(reason || ' ' || COALESCE(status, '')), lower(?)) > 0"
+        params.append(reason)
     cur = conn.execute(
-        "SELECT id, transaction_id, created_at, status, reason, failed_at, length(body) "
-        "FROM dead_letters ORDER BY id LIMIT ?", (limit,))
-    keys = ("id", "transaction_id", "created_at", "status", "reason", "failed_at", "body_chars")
-    return [dict(zip(keys, row)) for row in cur.fetchall()]
+        "SELECT id, kind, transaction_id, created_at, status, reason, failed_at, length(body) "
+        f"FROM dead_letters{where} ORDER BY id LIMIT ? OFFSET ?", (*params, limit, offset))
+    return [dict(zip(_DEAD_LETTER_KEYS, row)) for row in cur.fetchall()]
+
+
+def get_dead_letter(conn: sqlite3.Connection, dead_letter_id: int) -> Optional[Dict[str, Any]]:
+    """One dead letter with its stored body (parsed when it is JSON), or None."""
+    row = conn.execute(
+        "SELECT id, kind, transaction_id, created_at, status, reason, failed_at, length(body), body "
+        "FROM dead_letters WHERE id = ?", (dead_letter_id,)).fetchone()
+    if row is None:
+        return None
+    found = dict(zip(_DEAD_LETTER_KEYS, row[:-1]))
+    try:
+        found["body"] = json.loads(row[-1])
+    except ValueError:
+        found["body"] = row[-1]
+    return found
+
+
+def missing_dead_letter_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> List[int]:
+    """Those of `ids` that name no dead letter."""
+    present = {i for (i,) in conn.execute(
+        "SELECT id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids),))}
+    return [i for i in ids if i not in present]
 
 
 def peek(conn: sqlite3.Connection, n: int = 10, now: Optional[float] = None) -> List[Dict[str, Any]]:
@@ -212,6 +244,16 @@ def peek(conn: sqlite3.Connection, n: int = 10, now: Optional[float] = None) -> 
 
 def counters(conn: sqlite3.Connection) -> Dict[str, int]:
     return {name: int(value) for name, value in conn.execute("SELECT name, value FROM counters")}
+
+
+def problem_counts(conn: sqlite3.Connection) -> Dict[str, int]:
+    """What went wrong while recording, per reason (callback-raised:IDENTIFY_USER,
+    mask-failed, drop:queue-full...); empty for a file older than the table."""
+    try:
+        rows = conn.execute("SELECT reason, count FROM problem_counts ORDER BY reason").fetchall()
+    except sqlite3.OperationalError:  # schema before 3, opened read-only by status
+        return {}
+    return {reason: int(count) for reason, count in rows}
 
 
 def pending(conn: sqlite3.Connection) -> int:

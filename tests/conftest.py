@@ -65,3 +65,13 @@ def read_counter(path: str, name: str) -> int:
         return conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
     finally:
         conn.close()
+
+
+def read_problems(path: str) -> Dict[str, int]:
+    """The per-reason problem counts of the queue at `path` (after flushing writers)."""
+    queue_writer.flush_all()
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT reason, count FROM problem_counts"))
+    finally:
+        conn.close()

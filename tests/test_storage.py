@@ -170,6 +170,5 @@ def test_a_read_only_open_never_creates_or_migrates(tmp_path):
     with pytest.raises(storage.SchemaTooNewError):
         storage.connect_readonly(path)
     storage.connect(path, migrate=False).execute(f"PRAGMA user_version = {storage.latest_version() - 1}")
-    with pytest.raises(storage.QueueError, match="older than"):
-        storage.connect_readonly(path)
+    storage.connect_readonly(path).close()  # an older queue is read as it is, never migrated
     assert storage.schema_version(storage.connect(path, migrate=False)) == storage.latest_version() - 1

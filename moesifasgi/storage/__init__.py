@@ -160,8 +160,8 @@ def connect_readonly(path: str) -> sqlite3.Connection:
 
     Nothing about the file changes: no creation, no migration, no switch to WAL,
     no write (SQLite refuses them on this connection). A missing file, a file that
-    is not SQLite, an SQLite file without the queue's tables and a schema this
-    code does not match are each a QueueError with one line that says which.
+    is not SQLite, an SQLite file without the queue's tables and a schema newer
+    than this code are each a QueueError with one line that says which.
     (Opening a WAL file read-only may create its empty `-wal`/`-shm` companions,
     as any reader does; the database itself is untouched.)
     """
@@ -188,10 +188,8 @@ def connect_readonly(path: str) -> sqlite3.Connection:
             raise SchemaTooNewError(
                 f"the queue file has schema version {version}, newer than this moesifasgi knows "
                 f"({newest}); upgrade moesifasgi")
-        if version < newest:
-            raise QueueError(
-                f"the queue file {path} has schema version {version}, older than this moesifasgi's "
-                f"({newest}): upgrade the app's moesifasgi too, or run `moesif-flush migrate`")
+        # An older schema is read as it is (what it lacks reads as empty): the app
+        # that writes it may be older than the CLI looking at it.
     except sqlite3.DatabaseError as exc:
         conn.close()
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_NOTADB or "not a database" in str(exc):
