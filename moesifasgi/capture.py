@@ -182,20 +182,28 @@ class Exchange:
         """Read (and capture) the request body now; return the `receive` for the app,
         which replays the very same messages, then reads on."""
         messages: Deque[Message] = deque()
+        failure: List[Exception] = []
         size = 0
-        while True:
-            message = await self.receive()
-            messages.append(message)
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break  # the whole body, or http.disconnect: the app will see it too
-            size += len(message.get("body", b""))
-            if size > self.body_limit:
-                break  # a client sending more than it declared: stream the rest
+        try:
+            while True:
+                message = await self.receive()
+                messages.append(message)
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break  # the whole body, or http.disconnect: the app will see it too
+                size += len(message.get("body", b""))
+                if size > self.body_limit:
+                    break  # a client sending more than it declared: stream the rest
+        except Exception as exc:
+            # The server's receive failed: the app gets what came before, then
+            # the very same error, where it would have met it.
+            failure.append(exc)
         receive = self.receive
 
         async def replay() -> Message:
             if messages:
                 return messages.popleft()
+            if failure:
+                raise failure.pop()
             return await receive()
 
         return replay

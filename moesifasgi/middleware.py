@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Future
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -66,6 +67,7 @@ class MoesifMiddleware:
         # Whether recording can ever wait for something (an async callback).
         self._may_wait = callbacks.any_async() or is_async_callable(s.mask_event_model)
         self._strict = s.durability == "strict"
+        self._in_flight = 0
         profiles.use_queue_path(s.queue_path)
         if s.capture_outgoing_requests:
             try:
@@ -99,6 +101,15 @@ class MoesifMiddleware:
         # Apps without lifespan start the flusher on their first request; after
         # that this is one dict lookup.
         ensure_flusher_started(self.settings)
+        # Counted until the call is recorded (or handed to a task of its own when
+        # cancelled), so that shutdown can wait for it.
+        self._in_flight += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             exchange = Exchange(
                 scope,
@@ -171,7 +182,14 @@ class MoesifMiddleware:
         # wait for callbacks or encoding. Also reached when the app returned
         # without sending the last chunk (client gone).
         if not exchange.recorded and exchange.response_started:
-            await self._finish(exchange)
+            try:
+                await self._finish(exchange)
+            except asyncio.CancelledError:
+                # Cancelled while awaiting a callback: nothing was queued yet (the
+                # hand-over to the writer has no await after it), so start over
+                # where the cancellation cannot reach.
+                self._finish_detached(exchange)
+                raise
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -183,12 +201,21 @@ class MoesifMiddleware:
                 # what this worker still holds, then hand the lease back so
                 # another worker (or the next start) drains without waiting for
                 # it to expire.
-                await wait_background(SHUTDOWN_RECORDING_WAIT)
+                await self.wait_for_recordings(SHUTDOWN_RECORDING_WAIT)
                 await asyncio.get_running_loop().run_in_executor(None, close_all)
                 await stop_embedded()
             await send(message)
 
         return lifespan_send
+
+    async def wait_for_recordings(self, timeout: float) -> bool:
+        """Wait, at most `timeout` seconds, until every call this middleware has seen
+        is recorded: calls still running (a server that cancelled them unwinds
+        them now) and recordings running in tasks of their own. True if all were."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return await wait_background(max(0.0, deadline - time.monotonic())) and not self._in_flight
 
     async def _finish(self, exchange: Exchange, strict: Optional[bool] = None) -> None:
         """Record the exchange once (the sequence never raises)."""

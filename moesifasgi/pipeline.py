@@ -42,7 +42,8 @@ class EventPipeline:
         # Looked up per process: after a fork the parent's writer is not ours.
         pid = current_pid()
         if self._writer is None or self._writer_pid != pid or self._writer.closed:
-            self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size)
+            self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size,
+                                      self.settings.application_id)
             self._writer_pid = pid
         return self._writer
 

@@ -35,7 +35,6 @@ import datetime
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +44,7 @@ from . import storage
 from .diagnostics import problems
 from .event_builder import format_time
 from .settings import resolve_queue_path
+from .storage.queue_file import QueueFile, is_busy
 
 __all__ = [
     "MAX_PENDING_PROFILES",
@@ -161,7 +161,7 @@ def to_row(profile: Any, kind: str, now: float) -> ProfileRow:
 
 def _resolve(queue_path: Optional[str]) -> str:
     if queue_path:
-        return os.path.abspath(os.path.expanduser(queue_path))
+        return resolve_queue_path(queue_path, "")  # "~" never kept as a directory name
     if _registered:
         return _registered[-1]
     app_id = os.environ.get("MOESIF_APPLICATION_ID", "")
@@ -238,7 +238,9 @@ def _queue_valid(kind: str, given: Any, queue_path: Optional[str], batch: bool) 
 class _ProfileWriter:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesifasgi-profiles")
-        self._conns: Dict[str, sqlite3.Connection] = {}  # used only on the executor's thread
+        # Used only on the executor's thread. A QueueFile reopens a replaced file
+        # and moves a corrupt one aside, as for events.
+        self._files: Dict[str, QueueFile] = {}
 
     def submit(self, path: Optional[str], rows: List[ProfileRow],
                rejected: Tuple[str, int] = ("user", 0)) -> "Future[int]":
@@ -251,20 +253,24 @@ class _ProfileWriter:
             try:
                 return self._insert(path, rows, rejected)
             except Exception as exc:
-                self._forget(path)
-                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-                if busy and attempt + 1 < _WRITE_ATTEMPTS:
-                    continue  # another process held the lock past the busy timeout
+                # Locked past the busy timeout, or a corrupt file just moved aside: again.
+                retry = self._file(path).recover(exc) or is_busy(exc)
+                if retry and attempt + 1 < _WRITE_ATTEMPTS:
+                    continue
                 problems.report(f"profiles-{type(exc).__name__}",
                                 "moesifasgi: cannot queue %d %s profile(s) in %s (%s: %s); they were dropped",
                                 len(rows), rows[0][0], path, type(exc).__name__, exc, level=logging.ERROR)
                 return 0
         return 0
 
+    def _file(self, path: str) -> QueueFile:
+        file = self._files.get(path)
+        if file is None:
+            file = self._files[path] = QueueFile(path)
+        return file
+
     def _insert(self, path: str, rows: List[ProfileRow], rejected: Tuple[str, int] = ("user", 0)) -> int:
-        conn = self._conns.get(path)
-        if conn is None:
-            conn = self._conns[path] = storage.connect(path)
+        conn = self._file(path).connection()
         kind, invalid = rejected
         with storage.immediate(conn):
             if invalid:
@@ -283,14 +289,6 @@ class _ProfileWriter:
             problems.report("profiles-full", "moesifasgi: %d profile updates wait in %s; new ones are dropped "
                             "until the flusher catches up", MAX_PENDING_PROFILES, path)
         return len(kept)
-
-    def _forget(self, path: str) -> None:
-        conn = self._conns.pop(path, None)
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
 
 
 _instance: Optional[_ProfileWriter] = None

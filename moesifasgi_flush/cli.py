@@ -24,7 +24,7 @@ import click
 
 from moesifasgi import storage
 from moesifasgi._version import __version__
-from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path
+from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path, resolve_queue_path
 from moesifasgi.settings import DEFAULT_BASE_URI
 
 from .cli_logging import configure_logging
@@ -50,7 +50,10 @@ class CliContext:
     def queue_source(self) -> Tuple[str, str]:
         """(path, how it was chosen), for messages that must say where a path came from."""
         if self.queue:
-            return os.path.abspath(os.path.expanduser(self.queue)), "--queue / MOESIF_QUEUE_PATH"
+            try:  # "~" expanded from HOME or the passwd entry, never kept as a directory name
+                return resolve_queue_path(self.queue, ""), "--queue / MOESIF_QUEUE_PATH"
+            except UnsafeQueueLocation as exc:
+                raise click.ClickException(str(exc)) from exc
         if self.application_id:
             try:
                 path = default_queue_path(self.application_id)

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from . import queue_store as qs
 from .async_db import AsyncDB
@@ -69,6 +69,7 @@ class Delivery:
         self._last_error_write = 0.0
         self._too_old = 0
         self._too_old_logged = -3600.0
+        self._apps: Dict[int, str] = {}  # apps.id -> application id, read when a new one shows up
 
     def pause_remaining(self) -> float:
         return max(0.0, self.paused_until - time.monotonic())
@@ -87,10 +88,11 @@ class Delivery:
                 self._too_old, self._too_old_logged = 0, time.monotonic()
             rows = [r for r in rows if r.created_at >= cutoff]
         stack = [list(rows)] if rows else []
+        application_id = await self._application_id(rows[0].app) if rows else None
         whole = True
         while stack:
             part = stack.pop()
-            result = await self.client.post_events([r.body for r in part])
+            result = await self.client.post_events([r.body for r in part], application_id)
             if result.config_etag and self.on_config_etag is not None:
                 self.on_config_etag(result.config_etag)
             if result.outcome == OK:
@@ -111,6 +113,14 @@ class Delivery:
                 await self._failed(result)
                 return out
         return out
+
+    async def _application_id(self, app: Optional[int]) -> Optional[str]:
+        """The application id a batch of app `app` is posted under (None: the client's)."""
+        if app is None:
+            return None
+        if app not in self._apps:
+            self._apps = await self.db.run(qs.application_ids)
+        return self._apps.get(app)
 
     async def _accepted(self, part: List[qs.Row], out: Outcome, defer: bool) -> None:
         now = time.time()

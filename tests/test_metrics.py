@@ -46,3 +46,30 @@ def test_metrics_follow_the_queue_counters(path):
     text = render(path, "prometheus")
     assert "moesifasgi_events_pending 6.0" in text and "moesifasgi_events_sent_total 0.0" in text
     assert "moesifasgi_lease_held 0.0" in text
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported(path):
+    import importlib.util
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from moesifasgi_flush.metrics import ProcessFigures, QueueCollector
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    dashboard = json.loads((examples / "grafana-dashboard.json").read_text())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector(path, lambda: ProcessFigures(1, "h", True, {})))
+    exported = generate_latest(registry).decode()
+    spec = importlib.util.spec_from_file_location("render_dashboard", examples / "render_dashboard.py")
+    renderer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(renderer)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        for name in re.findall(r"moesifasgi_\w+", expr):
+            assert f"\n{name}" in exported or f"# TYPE {name} " in exported, name
+        renderer.evaluate(expr, [(0.0, {"moesifasgi_events_pending": 1.0})])  # the picture's renderer reads it

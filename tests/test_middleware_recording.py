@@ -312,3 +312,54 @@ def test_our_own_error_while_recording_never_reaches_the_app_and_is_counted_by_r
     assert read_counter(queue_path, "dropped") == 2
     assert read_problems(queue_path) == {"drop:internal": 2}
     assert caplog.text.count("unexpected error while recording") == 1
+
+
+async def test_a_receive_that_fails_during_the_read_ahead_fails_for_the_app_where_it_would_have(queue_path):
+    calls = []
+
+    async def receive():
+        calls.append(1)
+        if len(calls) == 1:
+            return {"type": "http.request", "body": b'{"a":', "more_body": True}
+        raise OSError("connection reset")
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(await receive())
+        try:
+            await receive()
+        except OSError as exc:
+            seen.append(str(exc))
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    scope = http_scope("/x", method="POST", headers=[(b"host", b"h"), (b"content-length", b"7")])
+    await MoesifMiddleware(app, settings(queue_path))(scope, receive, Recorder())
+    assert seen == [{"type": "http.request", "body": b'{"a":', "more_body": True}, "connection reset"]
+    [event] = read_events(queue_path)
+    assert event["response"]["status"] == 400
+
+
+async def test_a_call_cancelled_while_its_callbacks_run_after_the_response_is_still_recorded_once(queue_path):
+    from moesifasgi.sync_bridge import wait_background
+
+    started = asyncio.Event()
+
+    async def identify_user(request, response):
+        started.set()
+        await asyncio.sleep(0.2)
+        return "ann"
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = MoesifMiddleware(app, settings(queue_path, IDENTIFY_USER=identify_user))
+    task = asyncio.create_task(middleware(http_scope("/done"), _no_body, Recorder()))
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await wait_background(10)
+    [event] = read_events(queue_path)
+    assert event["response"]["status"] == 200 and event["user_id"] == "ann"

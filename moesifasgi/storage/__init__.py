@@ -32,10 +32,14 @@ class QueueError(Exception):
     """The queue file cannot be used (wrong path, corrupt, newer schema...)."""
 
 
-# SQLite's primary result codes for a damaged file and for a file that is not a
-# database at all.
+# SQLite's primary result codes for a damaged file, a full disk and a file that
+# is not a database at all.
 _SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
+# The WAL is truncated back to this after a checkpoint that emptied it: a large
+# backlog's WAL would otherwise keep its high-water size on disk for ever.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 def is_corruption(exc: BaseException) -> bool:
@@ -51,6 +55,18 @@ def is_corruption(exc: BaseException) -> bool:
                 return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
             text = str(exc)
             return "file is not a database" in text or "malformed" in text
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) is SQLite's "database or disk is full"."""
+    while exc is not None:
+        if isinstance(exc, sqlite3.DatabaseError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return code & 0xFF == _SQLITE_FULL
+            return "database or disk is full" in str(exc)
         exc = exc.__cause__  # type: ignore[assignment]
     return False
 
@@ -135,10 +151,16 @@ def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.
         raise QueueError(f"cannot open queue file {path}: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _incremental_vacuum_if_new(conn)
         _enable_wal(conn)
         # NORMAL is durable against process crashes (kill -9) in WAL mode; only an
         # OS crash or power loss can lose the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        # Checkpoint before the WAL outgrows what the flusher's disk reserve can
+        # absorb: a checkpoint on a full disk must be able to grow the database.
+        from .space import wal_autocheckpoint_pages
+        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_autocheckpoint_pages(conn)}")
         if migrate:
             apply_migrations(conn)
     except sqlite3.DatabaseError as exc:
@@ -201,6 +223,15 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _incremental_vacuum_if_new(conn: sqlite3.Connection) -> None:
+    # auto_vacuum can only be chosen before the first table exists (an existing
+    # file needs a VACUUM to switch: see storage.maintenance). INCREMENTAL lets the
+    # flusher give the pages of a drained backlog back to the disk in small steps.
+    # Before WAL is switched on: that writes the first page.
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+
+
 def _enable_wal(conn: sqlite3.Connection) -> None:
     # Switching to WAL needs a moment of exclusive access; when several workers
     # open a brand new file at once, one of them may see SQLITE_BUSY here.
@@ -228,7 +259,17 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         raise
     else:
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that failed (disk full, I/O error) may leave the
+            # transaction open; the next BEGIN would then fail for ever.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
 
 
 def _statements(script: str) -> Iterator[str]:
