@@ -235,7 +235,7 @@ def _outgoing_calls(url: str) -> None:
 
 def test_outgoing_credentials_and_masked_fields_never_reach_the_queue_or_the_collector(capture, target, queue_path,
                                                                                        caplog):
-    capture(REQUEST_BODY_MASKS=["password"], RESPONSE_BODY_MASKS=["password"], DEBUG=True)
+    capture(APPLICATION_ID=APP_ID, REQUEST_BODY_MASKS=["password"], RESPONSE_BODY_MASKS=["password"], DEBUG=True)
     with caplog.at_level(logging.DEBUG):
         _outgoing_calls(target.url)
     queue_writer.flush_all()
