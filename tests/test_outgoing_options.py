@@ -103,8 +103,9 @@ def test_mask_event_model_applies_to_outgoing_events(capture, target, queue_path
 
 def test_server_side_sampling_applies_to_outgoing_events(capture, target, queue_path):
     settings = capture(IDENTIFY_USER_OUTGOING=lambda req, res: req.headers.get("X-User"))
-    writer = writer_for(settings.queue_path, settings.event_queue_size, settings.application_id)
-    writer.shared.sampling = SamplingConfig.from_dict({"sample_rate": 0, "user_sample_rate": {"ann": 100}})
+    writer_for(settings.queue_path, settings.event_queue_size, settings.application_id).shared.sampling = SamplingConfig.from_dict(
+        {"sample_rate": 0, "user_sample_rate": {"ann": 100}}
+    )
     requests.get(target.url + "/json")
     requests.get(target.url + "/json", headers={"X-User": "ann"})
     [event] = read_events(queue_path)
