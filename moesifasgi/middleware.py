@@ -20,7 +20,7 @@ from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import build_event, route_of
 from .governed import adding_headers, check, respond_blocked
-from . import outgoing, profiles
+from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
 from .masking import MaskingError
 from .pipeline import EventPipeline
@@ -78,6 +78,16 @@ class MoesifMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Counted so that a stopping process knows whether a call will still
+        # commit its group (see shutdown.py).
+        shutdown.watch_signals()
+        shutdown.call_started()
+        try:
+            await self._call_http(scope, receive, send)
+        finally:
+            shutdown.call_ended()
+
+    async def _call_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Apps without lifespan start the flusher on their first request; after
         # that this is one dict lookup.
         ensure_flusher_started(self.settings)
@@ -225,4 +235,6 @@ class MoesifMiddleware:
         if s.debug:
             logger.debug("moesifasgi: queueing event %s %s -> %s", event["request"]["verb"],
                          event["request"]["uri"], event["response"]["status"])
-        await self.pipeline.persist(event, writer, strict=self._strict)
+        # Once the process is stopping, the call returns to the server only when
+        # its event is committed: servers wait for their calls before exiting.
+        await self.pipeline.persist(event, writer, strict=self._strict or shutdown.requested())
