@@ -24,7 +24,7 @@ from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
 from .masking import MaskingError
 from .pipeline import EventPipeline
-from .queue_writer import close_all
+from .queue_writer import close_all, flush_all
 from .settings import Settings, parse_settings
 from moesifasgi_flush.embedded import ensure_started as ensure_flusher_started, stop_embedded
 
@@ -84,8 +84,21 @@ class MoesifMiddleware:
         shutdown.call_started()
         try:
             await self._call_http(scope, receive, send)
+        except Exception:
+            await self._settle_if_stopping()
+            raise
+        else:
+            await self._settle_if_stopping()
         finally:
             shutdown.call_ended()
+
+    async def _settle_if_stopping(self) -> None:
+        # Once the process is stopping, a call returns to the server only when
+        # what it queued is committed: servers wait for their calls before they
+        # exit. Here, outside the app, because Django cancels its own request
+        # task as soon as the response is sent.
+        if shutdown.requested():
+            await asyncio.get_running_loop().run_in_executor(None, flush_all, shutdown.CALL_COMMIT_TIMEOUT)
 
     async def _call_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Apps without lifespan start the flusher on their first request; after
@@ -235,6 +248,4 @@ class MoesifMiddleware:
         if s.debug:
             logger.debug("moesifasgi: queueing event %s %s -> %s", event["request"]["verb"],
                          event["request"]["uri"], event["response"]["status"])
-        # Once the process is stopping, the call returns to the server only when
-        # its event is committed: servers wait for their calls before exiting.
-        await self.pipeline.persist(event, writer, strict=self._strict or shutdown.requested())
+        await self.pipeline.persist(event, writer, strict=self._strict)

@@ -12,7 +12,9 @@ read in their sources:
   commit runs.
 - granian's workers are `multiprocessing` children started by fork: they end
   with `os._exit`, which skips `atexit` but runs multiprocessing's finalizers.
-- hypercorn's and daphne's processes return normally: `atexit` runs.
+- hypercorn's and daphne's processes return normally: `atexit` runs. (When
+  daphne serves a WSGI adapter, interpreter exit can hang forever joining the
+  adapter's thread; the writer thread, a daemon, has committed meanwhile.)
 
 So, besides `atexit` and a multiprocessing finalizer:
 
@@ -20,11 +22,11 @@ So, besides `atexit` and a multiprocessing finalizer:
   SIGINT handlers found are wrapped, whatever they are (the server's own, or
   the default, which then commits and dies). A handler that ignores the
   signal is left alone.
-- When the signal comes, calls still in flight will each wait for their own
-  commit before returning to the server (`requested()`): every server that
-  drains gracefully waits for its calls, so the last group is committed before
-  the process exits, and the app's loop keeps serving meanwhile. Groups commit
-  in order, so that also commits every event queued before the signal.
+- Once the signal came (`requested()`), each call still in flight, after the
+  app returned, waits until what the process holds is committed, and only then
+  returns to the server: every server that drains gracefully waits for its
+  calls, so the last group is committed before the process exits, while the
+  event loop keeps serving the other calls.
 - When no call is in flight, nothing else will: the handler itself waits for
   the writer (bounded), which blocks no call. It waits on an event that the
   writer thread sets, never on a lock the interrupted code could hold; at
@@ -42,6 +44,8 @@ from typing import Any, Callable, Dict, Optional
 # Waits for the writer in a signal handler; the process is idle then, but a
 # server may be waiting for it to exit (gunicorn's graceful timeout is 30 s).
 IDLE_FLUSH_TIMEOUT = 10.0
+# How long a call in a stopping process waits for its commit.
+CALL_COMMIT_TIMEOUT = 10.0
 # Before the default action of SIGTERM kills the process.
 DYING_FLUSH_TIMEOUT = 3.0
 

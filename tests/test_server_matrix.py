@@ -15,15 +15,11 @@ The fast subset below runs with the rest of the suite. The whole matrix:
 """
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
@@ -32,11 +28,13 @@ import pytest
 
 from moesifasgi import storage
 from tests.flush_support import wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.server_support import (
+    Call, free_port, kill_server, recorded_ids, responds, server_env, start_server,
+)
 
 # framework -> (module under tests/server_apps, modules it needs)
 FRAMEWORKS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "plain-asgi": ("app_plain", ()),
     "fastapi": ("app_fastapi", ("fastapi",)),
     "starlette": ("app_starlette", ("starlette",)),
     "litestar": ("app_litestar", ("litestar",)),
@@ -67,92 +65,18 @@ FAST_SUBSET = {
     ("litestar-route", "uvicorn"),
 }
 
+# Servers that never exit after SIGTERM whatever the middleware does: daphne
+# stops its event loop while the WSGI adapter's thread still waits on it to send
+# the response, and interpreter exit joins that thread forever. The case still
+# checks the queue, after killing the server.
+KNOWN_HANGS = {("flask-a2wsgi", "daphne"), ("flask-asgiref", "daphne")}
+HANG_DEADLINE = 15.0
+
 FAST_CALLS_BEFORE = 3
 SLOW_CALLS = 3
 FAST_CALLS_LOCKED = 2
 STARTUP_DEADLINE = 90.0
 EXIT_DEADLINE = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_command(server: str, target: str, port: int) -> List[str]:
-    py = sys.executable
-    if server == "uvicorn":
-        return [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), target]
-    if server == "gunicorn":
-        command = [py, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "1",
-                   "-b", f"127.0.0.1:{port}", "--graceful-timeout", "30", target]
-        if _gunicorn_has_control_socket():
-            command.insert(3, "--no-control-socket")  # one per user by default: cases would share it
-        return command
-    if server == "hypercorn":
-        return [py, "-m", "hypercorn", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "30", target]
-    if server == "granian":
-        return [py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", "1", target]
-    if server == "daphne":
-        return [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), target]
-    raise ValueError(server)
-
-
-def _gunicorn_has_control_socket() -> bool:
-    import gunicorn
-
-    return tuple(int(p) for p in gunicorn.__version__.split(".")[:2]) >= (27, 0)
-
-
-class Call:
-    """One GET with a fresh connection; `answered` once the whole response arrived."""
-
-    def __init__(self, port: int, path: str) -> None:
-        self.port = port
-        self.path = path
-        self.status: Optional[int] = None
-        self.body = b""
-        self.transaction_id: Optional[str] = None
-        self.error: Optional[BaseException] = None
-        self.finished_at: Optional[float] = None
-
-    def run(self) -> "Call":
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request("GET", self.path, headers={"Connection": "close"})
-            response = conn.getresponse()
-            self.body = response.read()
-            self.status = response.status
-            self.transaction_id = response.getheader("x-moesif-transaction-id")
-        except Exception as exc:  # a server that drops in-flight calls: not answered
-            self.error = exc
-        finally:
-            conn.close()
-            self.finished_at = time.monotonic()
-        return self
-
-    @property
-    def answered(self) -> bool:
-        return self.status == 200 and self.error is None and self.body in (b"fast", b"slow")
-
-
-def _responds(port: int, calls: List[Call]) -> bool:
-    call = Call(port, "/fast").run()
-    if call.answered:
-        calls.append(call)  # a probe that was answered counts like any other call
-    return call.answered
-
-
-def _recorded_ids(path: str) -> List[str]:
-    if not os.path.exists(path):
-        return []
-    conn = sqlite3.connect(path)
-    try:
-        return [tid for (tid,) in conn.execute("SELECT transaction_id FROM events")]
-    finally:
-        conn.close()
 
 
 def _missing(modules: Tuple[str, ...]) -> List[str]:
@@ -174,16 +98,14 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
         pytest.skip(f"not installed: {', '.join(missing)} (pip install -e '.[matrix]')")
     queue = str(tmp_path / "queue.sqlite")
     marks = str(tmp_path / "slow-started")
-    port = _free_port()
-    env = dict(os.environ, MOESIF_QUEUE_PATH=queue, MOESIF_FLUSHER="external", MATRIX_MARKS=marks,
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    port = free_port()
+    env = server_env(queue, marks)
     log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(server_command(server, f"tests.server_apps.{module}:app", port), cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_server(server, module, port, env, log)
     calls: List[Call] = []
     lock: Optional[sqlite3.Connection] = None
     try:
-        assert wait_until(lambda: proc.poll() is not None or _responds(port, calls), STARTUP_DEADLINE, 0.2), \
+        assert wait_until(lambda: proc.poll() is not None or responds(port, calls), STARTUP_DEADLINE, 0.2), \
             "the server did not answer in time"
         assert proc.poll() is None, "the server exited at start"
         calls.extend(Call(port, "/fast").run() for _ in range(FAST_CALLS_BEFORE))
@@ -215,30 +137,32 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
 
         for t in threads:
             t.join(EXIT_DEADLINE)
-        assert wait_until(lambda: proc.poll() is not None, EXIT_DEADLINE, 0.1), "the server did not stop"
+        hangs = (framework, server) in KNOWN_HANGS
+        stopped = wait_until(lambda: proc.poll() is not None, HANG_DEADLINE if hangs else EXIT_DEADLINE, 0.1)
+        assert stopped or hangs, "the server did not stop"
     finally:
         if lock is not None:
             lock.close()
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+            kill_server(proc)
         log.close()
 
     answered = [c for c in calls if c.answered]
-    recorded = set(_recorded_ids(queue))
+    recorded = set(recorded_ids(queue))
     lost = [c.path for c in answered if c.transaction_id not in recorded]
     during_stop = [c for c in answered if c.path == "/slow" and c.finished_at > signalled_at]
     _report(framework, server, len(answered), len([c for c in answered if c.transaction_id in recorded]),
-            len(during_stop), proc.returncode)
+            len(during_stop), proc.returncode, stopped)
     server_log = (tmp_path / "server.log").read_text(errors="replace")[-4000:]
     assert all(c.transaction_id for c in answered), server_log
     assert not lost, f"{len(lost)} of {len(answered)} answered calls are not in the queue: {lost}\n{server_log}"
 
 
-def _report(framework: str, server: str, answered: int, recorded: int, during_stop: int, code: Optional[int]) -> None:
+def _report(framework: str, server: str, answered: int, recorded: int, during_stop: int, code: Optional[int],
+            stopped: bool) -> None:
     out = os.environ.get("MATRIX_RESULTS")
     if out:
         with open(out, "a") as f:
             f.write(json.dumps({"framework": framework, "server": server, "answered": answered,
                                 "recorded": recorded, "answered_during_stop": during_stop,
-                                "exit_code": code}) + "\n")
+                                "exit_code": code, "stopped_by_itself": stopped}) + "\n")
