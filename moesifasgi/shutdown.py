@@ -84,6 +84,11 @@ def requested() -> bool:
     return _state.requested
 
 
+def calls_in_flight() -> int:
+    """Calls of this process inside a MoesifMiddleware, not yet recorded."""
+    return _state.in_flight
+
+
 def call_started() -> None:
     _state.in_flight += 1
 

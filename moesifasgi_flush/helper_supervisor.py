@@ -34,6 +34,8 @@ try:
 except ImportError:  # Windows: no flock to elect the worker that starts the helper
     fcntl = None  # type: ignore[assignment]
 
+from moesifasgi.queue_location import open_private_file
+
 from .async_db import AsyncDB
 from .lease import LEASE_SECONDS, current_leader
 
@@ -126,7 +128,7 @@ class HelperSupervisor:
         return await self._db.run(_has_leader)
 
     def _try_spawn_lock(self) -> Optional[IO[bytes]]:
-        fd = os.open(self.settings.queue_path + ".helper-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private_file(self.settings.queue_path + ".helper-lock")
         handle = os.fdopen(fd, "rb+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

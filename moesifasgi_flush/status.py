@@ -46,14 +46,36 @@ def queue_status(conn: sqlite3.Connection, path: str, now: Optional[float] = Non
         "in_flight": in_flight,
         "dead_letters": qs.dead_letter_count(conn),
         "dropped": counts.get("dropped", 0),
+        # Per reason: events recorded without a field (a callback raised or timed
+        # out), minimal events (MASK_EVENT_MODEL failed), and drops ("drop:...").
+        "problems": qs.problem_counts(conn),
         "sent": counts.get("sent", 0),
         "dead_lettered": counts.get("dead_lettered", 0),
         "oldest_pending_age_s": None if age is None else round(age, 3),
         "leader": None if leader is None else {
-            "pid": leader["pid"], "host": leader["host"], "since": leader["since"], "owner": leader["owner"]},
+            "pid": leader["pid"], "host": leader["host"], "since": leader["since"], "owner": leader["owner"],
+            "expires_at": leader["expires_at"]},
         "last_success_at": _parse(qs.kv_get(conn, qs.KV_LAST_SUCCESS)),
         "last_error": _parse(qs.kv_get(conn, qs.KV_LAST_ERROR)),
         "queue_file_bytes": _file_bytes(path),
         "schema_version": storage.schema_version(conn),
         "profiles": profile_counts(conn),
+        "application_id": _stored_application_id(conn),
     }
+
+
+def _stored_application_id(conn: sqlite3.Connection) -> Optional[str]:
+    """The application id the file records, if this version of the queue records one."""
+    try:
+        value = qs.kv_get(conn, "application_id")
+    except sqlite3.Error:
+        return None
+    return value
+
+
+def newest_dead_letters(conn: sqlite3.Connection, since: float) -> tuple:
+    """(dead letters that failed at or after `since`, the newest one's reason or None)."""
+    count, = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE failed_at >= ?", (since,)).fetchone()
+    row = conn.execute("SELECT reason FROM dead_letters WHERE failed_at >= ? ORDER BY id DESC LIMIT 1",
+                       (since,)).fetchone()
+    return int(count), None if row is None else row[0]

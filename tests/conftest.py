@@ -67,6 +67,16 @@ def read_counter(path: str, name: str) -> int:
         conn.close()
 
 
+def read_problems(path: str) -> Dict[str, int]:
+    """The per-reason problem counts of the queue at `path` (after flushing writers)."""
+    queue_writer.flush_all()
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT reason, count FROM problem_counts"))
+    finally:
+        conn.close()
+
+
 def pytest_addoption(parser) -> None:
     parser.addoption("--matrix", action="store_true", default=False,
                      help="run the whole framework and server matrix (tests/test_server_matrix.py)")
