@@ -9,7 +9,7 @@ received in full must be there, with its transaction id.
 
 The fast subset below runs with the rest of the suite. The whole matrix:
 
-    pip install -e '.[matrix]' && python -m pytest --matrix tests/test_server_matrix.py
+    pip install -e '.[test,matrix]' && python -m pytest --matrix tests/test_server_matrix.py
 
 (MATRIX_RESULTS=/some/file.jsonl adds one line per case with the counts.)
 """
@@ -54,15 +54,15 @@ SERVERS: Dict[str, Tuple[str, ...]] = {
     "daphne": ("daphne",),
 }
 
-# What runs with the rest of the suite: the servers that end by re-raising
-# SIGTERM (uvicorn, and gunicorn's uvicorn worker) with apps that have no
-# lifespan (Django, Flask), the per-route Litestar middleware, and an app
+# What runs with the rest of the suite (packages in the test extra): the
+# servers that end by re-raising SIGTERM (uvicorn, and gunicorn's uvicorn
+# worker) with apps that have no lifespan (Django, which also cancels its own
+# request task once the response is sent; Flask through asgiref), and an app
 # with lifespan for contrast.
 FAST_SUBSET = {
     ("fastapi", "uvicorn"),
     ("django", "uvicorn"),
     ("flask-asgiref", "gunicorn"),
-    ("litestar-route", "uvicorn"),
 }
 
 # Servers that never exit after SIGTERM whatever the middleware does: daphne
@@ -95,7 +95,7 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
     module, needs = FRAMEWORKS[framework]
     missing = _missing(needs + SERVERS[server])
     if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (pip install -e '.[matrix]')")
+        pytest.skip(f"not installed: {', '.join(missing)} (pip install -e '.[test,matrix]')")
     queue = str(tmp_path / "queue.sqlite")
     marks = str(tmp_path / "slow-started")
     port = free_port()

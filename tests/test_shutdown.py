@@ -52,7 +52,7 @@ def test_a_server_handler_found_at_the_first_call_runs_after_the_idle_writer_com
     proc = run_script("""
         seen = []
         def server_handler(signum, frame):
-            seen.append(len(queue_writer._writers[path]._buffer))
+            seen.append(writer.buffered)
         signal.signal(signal.SIGTERM, server_handler)
         shutdown.watch_signals()
         submit_three()
