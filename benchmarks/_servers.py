@@ -88,10 +88,10 @@ class AppServer:
     def pids(self) -> List[int]:
         """The server process and its workers (not the flusher helper a worker starts)."""
         return [self.proc.pid] + [pid for pid, ppid, args in self._session()
-                                  if ppid == self.proc.pid and "moesifasgi_flush.helper" not in args]
+                                  if ppid == self.proc.pid and "moesifasgi.delivery.helper" not in args]
 
     def helper_pids(self) -> List[int]:
-        return [pid for pid, _, args in self._session() if "moesifasgi_flush.helper" in args]
+        return [pid for pid, _, args in self._session() if "moesifasgi.delivery.helper" in args]
 
     def worker_pids(self) -> List[int]:
         """The worker processes (children of the server process)."""

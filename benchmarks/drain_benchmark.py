@@ -27,7 +27,7 @@ import time
 import uuid
 
 from moesifasgi import storage
-from moesifasgi_flush.flusher import Flusher, FlusherOptions
+from moesifasgi.delivery.flusher import Flusher, FlusherOptions
 
 _PATHS = ["/v1/orders", "/v1/orders/{id}", "/v1/users/{id}/profile", "/v2/search", "/health"]
 _AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",

@@ -30,7 +30,7 @@ from .queue_writer import close_all, flush_all
 from .recording import CallbackSet, Identity, RecordingSequence
 from .settings import Settings, parse_settings
 from .sync_bridge import is_async_callable, run_without_loop, running_loop, spawn, wait_background
-from moesifasgi_flush.embedded import ensure_started as ensure_flusher_started, stop_embedded
+from .delivery.embedded import ensure_started as ensure_flusher_started, stop_embedded
 
 logger = logging.getLogger("moesifasgi")
 

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 QUEUE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
+_POSIX = os.name == "posix"  # owners, modes and O_NOFOLLOW; elsewhere the checks do not apply
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -77,6 +78,20 @@ def _check_ancestors(directory: str) -> None:
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
             raise UnsafeQueueLocation(f"{current} is writable by other users (mode {st.st_mode & 0o7777:04o}, "
                                       "no sticky bit), who could replace the queue directory")
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
+
+
+def _check_links(directory: str) -> None:
+    """A symlink on the way to `directory` must be ours or root's: another user could repoint it."""
+    euid = _euid()
+    current = os.path.abspath(directory)
+    while True:
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (euid, 0):
+            raise UnsafeQueueLocation(f"{current} is a symlink owned by uid {st.st_uid}, who could repoint it")
         parent = os.path.dirname(current)
         if parent == current:
             return
@@ -196,6 +211,7 @@ def _check_directory(directory: str, *, create: bool) -> None:
             f"moesifasgi: the queue directory {directory} is writable by other users (mode "
             f"{st.st_mode & 0o7777:04o}), who could read the queue by planting its files; {_SETTING_HINT}")
     try:
+        _check_links(directory)
         _check_ancestors(directory)
     except UnsafeQueueLocation as exc:
         raise UnsafeQueueLocation(f"moesifasgi: unsafe queue location: {exc}; {_SETTING_HINT}") from None
@@ -205,11 +221,13 @@ def open_private_file(path: str, *, create: bool = True, flags: int = os.O_RDWR)
     """Open `path` without following a symlink; a regular file of ours, mode 0600.
 
     Returns the descriptor. Used for the database file before SQLite opens it and
-    for the lock files beside it.
+    for the lock files beside it. (Without POSIX owners and modes, Windows, only opened.)
     """
+    if not _POSIX:
+        return os.open(path, flags | (os.O_CREAT if create else 0), 0o600)
     try:
         fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | (os.O_CREAT if create else 0), 0o600)
-    except OSError as exc:
+    except OSError:
         if os.path.islink(path):
             raise UnsafeQueueLocation(f"moesifasgi: {path} is a symlink; refusing to follow it") from None
         raise
@@ -239,6 +257,11 @@ def prepare_queue_file(path: str, *, create: bool = True) -> None:
     database keeps them private; ones left by an older version are fixed here.
     """
     directory = os.path.dirname(path) or "."
+    if not _POSIX:
+        if create:
+            os.makedirs(directory, exist_ok=True)
+        os.close(open_private_file(path, create=create))
+        return
     _check_directory(directory, create=create)
     os.close(open_private_file(path, create=create))
     for suffix in QUEUE_FILE_SUFFIXES:

@@ -49,8 +49,8 @@ def status_lines(info: Dict[str, Any], now: Optional[float] = None) -> List[str]
     rows: List[Tuple[str, str]] = []
     rows.append(("queue file", f"{info['queue_path']} ({size(info['queue_file_bytes'])}, "
                                f"schema {info['schema_version']})"))
-    if info.get("application_id"):
-        rows.append(("application id", str(info["application_id"])))
+    if info.get("application_ids"):
+        rows.append(("application id", ", ".join(info["application_ids"])))
     pending = f"{_count(info['pending'])} events"
     if info["pending"]:
         pending += f" ({_count(info['in_flight'])} in flight), oldest {age(info['oldest_pending_age_s'])}"
@@ -67,8 +67,12 @@ def status_lines(info: Dict[str, Any], now: Optional[float] = None) -> List[str]
         rows.append(("leader", "none (no process holds the flusher lease)"))
     else:
         text = f"pid {leader['pid']} on {leader['host']}, for {age(now - leader['since'])}"
-        if leader.get("expires_at") is not None:
-            text += f" (lease renewed, valid {age(max(0.0, leader['expires_at'] - now))} more)"
+        left = age(max(0.0, leader["expires_at"] - now)) if leader.get("expires_at") is not None else "-"
+        if leader.get("running_here") is False:
+            text += (f": NOT RUNNING here (it died, or runs in another container); "
+                     f"its lease expires in {left}")
+        elif leader.get("expires_at") is not None:
+            text += f" (lease renewed, valid {left} more)"
         rows.append(("leader", text))
     rows.append(("last success", ago(info.get("last_success_at"), now)))
     error = info.get("last_error")
@@ -83,7 +87,7 @@ def status_lines(info: Dict[str, Any], now: Optional[float] = None) -> List[str]
                                  f"{_count(p.get('profiles_sent', 0))} sent, "
                                  f"{_count(p.get('profiles_dropped', 0))} dropped, "
                                  f"{_count(p.get('profile_dead_letters', 0))} dead letters"))
-    return [f"{label + ':':<15}{value}" for label, value in rows]
+    return [f"{label + ':':<16}{value}" for label, value in rows]
 
 
 def watch_line(info: Dict[str, Any], rates: Optional[Tuple[float, float]]) -> str:

@@ -16,8 +16,8 @@ import click
 
 from moesifasgi import storage
 from moesifasgi.queue_location import default_queue_name, queue_directories
+from moesifasgi.storage import queue_store as qs
 
-from . import queue_store as qs
 from .cli import CliContext, cli, command, pass_ctx
 from .cli_format import age, ago, size, status_lines, watch_line
 from .status import newest_dead_letters, queue_status
@@ -96,7 +96,7 @@ def _watch_loop(ctx: CliContext, interval: float, count: Optional[int]) -> None:
             click.clear()
             for line in status_lines(info):
                 click.echo(line)
-            click.echo(f"{'rates:':<15}" + ("measuring..." if rates is None else
+            click.echo(f"{'rates:':<16}" + ("measuring..." if rates is None else
                        f"{rates[0]:.1f} sent/s, backlog {rates[1]:+.1f}/s") + f"  (every {interval:g} s, Ctrl-C stops)")
         else:
             click.echo(watch_line(info, rates))
@@ -192,7 +192,7 @@ def queues(ctx: CliContext, directories: tuple, as_json: bool) -> None:
         if row.get("error"):
             click.echo(f"{mark} {row['path']}  {size(row['file_bytes'])}  unusable: {row['error']}")
             continue
-        app = f"  app {row['application_id']}" if row.get("application_id") else ""
+        app = f"  app {', '.join(row['application_ids'])}" if row.get("application_ids") else ""
         success = f", last success {ago(row['last_success_at'])}" if row.get("last_success_at") else ""
         click.echo(f"{mark} {row['path']}  {size(row['file_bytes'])}  {row['pending']} pending, "
                    f"{row['sent']} sent, {row['dead_letters']} dead letters{success}{app}")
@@ -212,7 +212,7 @@ def _describe(path: str, this_app: bool) -> Dict[str, Any]:
         info = queue_status(conn, path)
     finally:
         conn.close()
-    for key in ("application_id", "pending", "sent", "dropped", "dead_letters", "oldest_pending_age_s",
+    for key in ("application_ids", "pending", "sent", "dropped", "dead_letters", "oldest_pending_age_s",
                 "last_success_at", "leader"):
         row[key] = info.get(key)
     return row

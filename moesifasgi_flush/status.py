@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from moesifasgi import storage
+from moesifasgi.delivery.lease import current_leader, owner_is_dead
+from moesifasgi.delivery.profile_delivery import profile_counts
+from moesifasgi.storage import queue_store as qs
 
-from .profile_delivery import profile_counts
-
-from . import queue_store as qs
-from .lease import current_leader
 
 
 def _file_bytes(path: str) -> int:
@@ -54,23 +54,26 @@ def queue_status(conn: sqlite3.Connection, path: str, now: Optional[float] = Non
         "oldest_pending_age_s": None if age is None else round(age, 3),
         "leader": None if leader is None else {
             "pid": leader["pid"], "host": leader["host"], "since": leader["since"], "owner": leader["owner"],
-            "expires_at": leader["expires_at"]},
+            "expires_at": leader["expires_at"],
+            # False: the pid is not running on this host (in this pid namespace): the
+            # leader died and its lease has not expired yet, or it runs in another
+            # container. None: another host, nothing to say.
+            "running_here": None if leader["host"] != socket.gethostname() else not owner_is_dead(leader["owner"])},
         "last_success_at": _parse(qs.kv_get(conn, qs.KV_LAST_SUCCESS)),
         "last_error": _parse(qs.kv_get(conn, qs.KV_LAST_ERROR)),
         "queue_file_bytes": _file_bytes(path),
         "schema_version": storage.schema_version(conn),
         "profiles": profile_counts(conn),
-        "application_id": _stored_application_id(conn),
+        "application_ids": _application_ids(conn),
     }
 
 
-def _stored_application_id(conn: sqlite3.Connection) -> Optional[str]:
-    """The application id the file records, if this version of the queue records one."""
+def _application_ids(conn: sqlite3.Connection) -> List[str]:
+    """The application ids of the apps that wrote to this file (empty before schema 4)."""
     try:
-        value = qs.kv_get(conn, "application_id")
-    except sqlite3.Error:
-        return None
-    return value
+        return sorted(qs.application_ids(conn).values())
+    except sqlite3.OperationalError:  # an older schema, opened read-only
+        return []
 
 
 def newest_dead_letters(conn: sqlite3.Connection, since: float) -> tuple:

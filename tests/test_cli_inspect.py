@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from moesifasgi import storage
 from moesifasgi._version import __version__
-from moesifasgi.settings import default_queue_path
+from moesifasgi.queue_location import default_queue_path
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.cli import cli
 from moesifasgi_flush.lease import Lease
@@ -223,6 +223,16 @@ def test_shell_completion_is_generated_by_the_console_script(tmp_path):
     (("dead-letters", "show", "abc", "--queue", "x"), "Invalid value"),
     (("status", "--watch", "0", "--queue", "x"), "must be more than 0"),
     (("nope",), "No such command"),
+    (("--bogus", "status"), "No such option"),
+    (("status", "--bogus"), "No such option"),
+    (("dead-letters", "nope"), "No such command"),
+    (("dead-letters", "requeue", "x", "--queue", "x"), "Invalid value"),
+    (("run", "--metrics-port", "70000"), "Invalid value"),
+    (("drain", "--give-up-after", "-1"), "Invalid value"),
+    (("check", "--max-age", "soon", "--queue", "x"), "Invalid value"),
+    (("queues", "--json", "extra"), "unexpected extra argument"),
+    (("status", "--format", "xml", "--queue", "x"), "Invalid value"),
+    (("--log-format", "yaml", "status"), "Invalid value"),
 ])
 def test_misuse_is_one_line_and_a_non_zero_exit_never_a_traceback(args, message, tmp_path):
     out = subprocess.run([sys.executable, "-m", "moesifasgi_flush.cli", *args], capture_output=True, text=True,
@@ -230,7 +240,7 @@ def test_misuse_is_one_line_and_a_non_zero_exit_never_a_traceback(args, message,
                                                         if not k.startswith("MOESIF_QUEUE")})
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert message in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("Error"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("Error: "), out.stderr
 
 
 def test_migrate_under_a_file_is_one_line(runner, tmp_path):
@@ -249,3 +259,33 @@ def test_read_only_commands_leave_an_old_schema_alone(runner, path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.latest_version() - 1
     conn.close()
+
+
+def test_a_leader_whose_process_is_gone_is_marked_at_once(runner, path):
+    import socket
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    conn = storage.connect(path)
+    Lease(f"{socket.gethostname()}:{gone.pid}:ab", duration=30).try_acquire(conn)
+    conn.close()
+    text = invoke(runner, "status", "--queue", path).output
+    assert f"pid {gone.pid} on {socket.gethostname()}" in text and "NOT RUNNING here" in text
+    info = json.loads(invoke(runner, "status", "--json", "--queue", path).output)
+    assert info["leader"]["running_here"] is False
+    conn = storage.connect(path)
+    Lease(duration=30).try_acquire(conn)  # expired? no: still held by the dead one for 30 s
+    conn.execute("DELETE FROM leases")
+    Lease(duration=30).try_acquire(conn)  # this test process: running
+    conn.close()
+    assert json.loads(invoke(runner, "status", "--json", "--queue", path).output)["leader"]["running_here"] is True
+
+
+def test_status_and_queues_name_the_apps_that_wrote_to_the_file(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    mine = default_queue_path(APP_ID)
+    conn = storage.connect(mine)
+    conn.execute("INSERT INTO apps (application_id) VALUES (?), (?)", (APP_ID, "second-app"))
+    conn.close()
+    text = invoke(runner, "status", "--queue", mine).output
+    assert "application id: second-app, test-app-id" in text
+    assert "app second-app, test-app-id" in invoke(runner, "queues").output

@@ -248,3 +248,14 @@ def test_a_database_another_user_renamed_over_the_queue_is_refused_not_written(t
     os.chmod(path, 0o666)
     with pytest.raises(storage.QueueError, match=f"owned by uid {OTHER_UID}"):
         storage.connect(path)
+
+
+@needs_root
+def test_a_queue_path_through_a_symlink_another_user_owns_is_refused(tmp_path, shared_tmp):
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    link = os.path.join(shared_tmp, "queue-dir")
+    assert run_as(OTHER_UID, lambda: os.symlink(str(ours), link)) == "None"
+    with pytest.raises(storage.QueueError, match=f"symlink owned by uid {OTHER_UID}"):
+        storage.connect(os.path.join(link, "queue.sqlite"))
+    assert os.listdir(ours) == []

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import queue_store as qs
+from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import AUTH, OK, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult

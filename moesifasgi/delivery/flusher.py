@@ -21,11 +21,11 @@ import httpx
 
 from moesifasgi.storage import maintenance, salvage
 
-from . import queue_store as qs
+from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import DEFAULT_BASE_URI, MoesifClient
-from .delivery import AUTH_PROBE_INTERVAL, Delivery
+from .posting import AUTH_PROBE_INTERVAL, Delivery
 from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
 from .pump import BATCH_WAIT, CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
 from .profile_delivery import deliver_profiles, release_profiles, run_profile_delivery

@@ -26,7 +26,7 @@ from moesifasgi.storage import immediate
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import AUTH, OK, REJECT, TOO_LARGE, MoesifClient
-from .queue_store import claim_sql, ids_json
+from ..storage.queue_store import claim_sql, ids_json
 
 __all__ = ["ProfileStats", "deliver_profiles", "profile_counts", "release_profiles",
            "requeue_profile_dead_letters", "run_profile_delivery"]

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
-from . import queue_store as qs
+from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .client import AUTH
-from .delivery import Delivery
+from .posting import Delivery
 
 logger = logging.getLogger(__name__)
 
