@@ -13,9 +13,10 @@ They hold for every form a body is stored in, not only parsed JSON:
   field, an error message with a URL) is scanned as text;
 - base64 (anything that was not valid JSON, or was cut at MAX_BODY_BYTES): the
   bytes are decoded and, by what they are, parsed as JSON (the NaN case), split
-  as a form, or scanned as text: a masked name followed by ``:`` or ``=`` has
-  its value replaced; a value whose end cannot be found (cut off, unbalanced,
-  garbled) is removed with everything after it. The truncation marker line stays.
+  as a form, or scanned as text (text_masks): a masked name followed by ``:``
+  or ``=``, a multipart part or an XML element so named has its value replaced;
+  a value whose end cannot be found (cut off, unbalanced, garbled) is removed
+  with everything after it. The truncation marker line stays.
 
 For outgoing calls, credentials are masked by default on top of these
 (REDACT_OUTGOING_CREDENTIALS, see OUTGOING_CREDENTIAL_HEADERS/FIELDS).
@@ -31,7 +32,7 @@ from typing import Any, Dict, FrozenSet, Iterable, Optional, Pattern, Tuple
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import jsoncodec
-from .text_masks import MASK_MARKER, mask_multipart, mask_text
+from .text_masks import MASK_MARKER, mask_multipart, mask_text, mask_xml
 
 __all__ = [
     "MASK_MARKER",
@@ -290,10 +291,11 @@ def _mask_base64(body: str, fields: FrozenSet[str], pattern: Pattern[str], names
     return base64.b64encode(encoded + tail).decode("ascii")
 
 
-# A value to mask always follows a name and ":" or "=" (a multipart part's headers have both).
+# A value to mask always follows a name and ":" or "=" (a multipart part's headers have both),
+# or is an XML element's content.
 def _may_hold(text: str, names: Tuple[str, ...], form: bool = False) -> bool:
     """False when `text` cannot hold a masked value, spelled plainly, escaped or percent-encoded."""
-    if ":" not in text and "=" not in text:
+    if ":" not in text and "=" not in text and "<" not in text:
         return False
     lowered = text.lower()
     for name in names:
@@ -305,7 +307,7 @@ def _may_hold(text: str, names: Tuple[str, ...], form: bool = False) -> bool:
 
 
 def _may_hold_bytes(data: bytes, names: Tuple[str, ...], form: bool) -> bool:
-    if b":" not in data and b"=" not in data:
+    if b":" not in data and b"=" not in data and b"<" not in data:
         return False
     lowered = data.lower()  # ASCII letters only: a name with others is looked for in the decoded text
     for name in names:
@@ -321,6 +323,8 @@ def _mask_text_body(text: str, fields: FrozenSet[str], pattern: Pattern[str], na
     kind = (content_type or "").lower()
     if "form-data" in text.lower():
         text = mask_multipart(text, fields)
+    if "<" in text:
+        text = mask_xml(text, fields)
     if "x-www-form-urlencoded" in kind or _FORM.match(text.strip()):
         return mask_text(mask_form(text, fields), pattern, fields)
     if not truncated and text.lstrip()[:1] in ("{", "[") and ("NaN" in text or "Infinity" in text):

@@ -62,6 +62,8 @@ def test_json_or_a_form_held_inside_a_string_field_is_masked_too():
     b"{'password': '%s'}",                                     # Python repr, single quotes
     b'password: %s\nnext: line',                               # YAML or a log line
     b'password="%s" rest',
+    b'<login><user>a</user><password>%s</password></login>',  # XML
+    b'<login><password><![CDATA[%s',                           # XML cut inside the element
 ])
 def test_a_body_stored_as_base64_loses_the_value_and_keeps_the_rest(raw):
     masked = masked_request_bytes(raw.replace(b"%s", SECRET.encode()), "text/plain")
