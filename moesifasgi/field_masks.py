@@ -95,7 +95,8 @@ class Masker:
         if isinstance(request, dict):
             _mask_headers(request, self.request_headers)
             uri = request.get("uri")
-            if isinstance(uri, str) and ("?" in uri and self.request_fields or "@" in uri and self.userinfo):
+            if isinstance(uri, str) and (self.request_fields and ("?" in uri or "#" in uri)
+                                         or self.userinfo and "@" in uri):
                 request["uri"] = mask_url(uri, self.request_fields, userinfo=self.userinfo)
             if self.request_fields:
                 _mask_section_body(request, self.request_fields, self._request_pattern, self._request_names)
@@ -162,22 +163,25 @@ def loggable_url(url: str) -> str:
 
 
 def mask_url(url: str, fields: FrozenSet[str], *, userinfo: bool = False) -> str:
-    query_at = url.find("?")
-    if not (userinfo and "@" in url) and (query_at < 0 or mask_form(url[query_at + 1:], fields) == url[query_at + 1:]):
+    marks = [at for at in (url.find("?"), url.find("#")) if at >= 0]
+    rest = url[min(marks) + 1:] if marks and fields else ""
+    if not (userinfo and "@" in url) and mask_form(rest, fields) == rest:
         return url  # the usual case, decided without taking the URL apart
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK_MARKER  # not a URL we can take apart: nothing of it is kept
     query = mask_form(parts.query, fields) if parts.query and fields else parts.query
+    # A fragment is not sent, but a recorded URL may carry one (#access_token=... of OAuth's implicit flow).
+    fragment = mask_form(parts.fragment, fields) if parts.fragment and fields else parts.fragment
     netloc = parts.netloc
     if userinfo and "@" in netloc:
         credentials, _, host = netloc.rpartition("@")
         user, colon, _ = credentials.partition(":")
         netloc = f"{user}:{MASK_MARKER}@{host}" if colon else netloc
-    if query == parts.query and netloc == parts.netloc:
+    if query == parts.query and netloc == parts.netloc and fragment == parts.fragment:
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 # -- bodies ---------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def test_with_no_masks_incoming_events_skip_masking_and_outgoing_ones_redact_cre
 def test_outgoing_credentials_in_headers_query_user_info_and_token_answers_are_redacted():
     _, outgoing = maskers_for(parse_settings({"APPLICATION_ID": "x"}))
     event = {
-        "request": {"uri": f"https://bot:{SECRET}@api.example/v1?access_token={SECRET}&page=2", "verb": "POST",
+        "request": {"uri": f"https://bot:{SECRET}@api.example/v1?access_token={SECRET}&page=2#id_token={SECRET}",
+                    "verb": "POST",
                     "headers": {"authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "cookie": f"s={SECRET}"},
                     "body": b64(f"grant_type=client_credentials&client_secret={SECRET}".encode()),
                     "transfer_encoding": "base64"},
@@ -150,5 +151,6 @@ def test_outgoing_credentials_in_headers_query_user_info_and_token_answers_are_r
     outgoing.apply(event)
     text = json.dumps(event) + unb64(event["request"]["body"]).decode()
     assert SECRET not in text
-    assert event["request"]["uri"] == f"https://bot:{MASK_MARKER}@api.example/v1?access_token={MASK_MARKER}&page=2"
+    assert event["request"]["uri"] == (f"https://bot:{MASK_MARKER}@api.example/v1?access_token={MASK_MARKER}&page=2"
+                                       f"#id_token={MASK_MARKER}")
     assert event["response"]["body"]["expires_in"] == 3600
