@@ -12,17 +12,15 @@ SQLite releases the GIL while it works, so the app's loop keeps serving.
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import os
-import signal
 import sqlite3
 import threading
 import time
 from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from . import storage
+from . import shutdown, storage
 from .diagnostics import problems
 from .shared_state import SharedState
 from .storage import space
@@ -441,27 +439,6 @@ def flush_all(timeout: float = 5.0) -> bool:
     return all([writer.flush(timeout) for writer in list(_writers.values())])
 
 
-_hooks_pid: Optional[int] = None
-
-
 def _install_exit_hooks() -> None:
-    global _hooks_pid
-    if _hooks_pid == os.getpid():
-        return
-    _hooks_pid = os.getpid()
-    atexit.register(close_all)
-    # Servers (uvicorn, gunicorn, hypercorn) handle SIGTERM themselves and shut
-    # down through lifespan and interpreter exit; only where nobody handles it
-    # would the default action kill the process with events still in memory.
-    if threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _commit_then_die)
-        except (ValueError, OSError):
-            pass
-
-
-def _commit_then_die(signum: int, frame: object) -> None:
-    close_all(timeout=3.0)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    shutdown.register(flush_all, close_all)
+    shutdown.watch_signals()
