@@ -259,3 +259,13 @@ def test_a_queue_path_through_a_symlink_another_user_owns_is_refused(tmp_path, s
     with pytest.raises(storage.QueueError, match=f"symlink owned by uid {OTHER_UID}"):
         storage.connect(os.path.join(link, "queue.sqlite"))
     assert os.listdir(ours) == []
+
+
+def test_a_private_queue_directory_inside_a_shared_one_is_accepted_and_the_shared_one_is_not(tmp_path):
+    shared = tmp_path / "emptydir"  # as a Kubernetes emptyDir volume: 0777, no sticky bit
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(storage.QueueError, match="writable by other users"):
+        storage.connect(str(shared / "queue.sqlite"))
+    storage.connect(str(shared / "moesif" / "queue.sqlite")).close()
+    assert stat.S_IMODE(os.stat(shared / "moesif").st_mode) == 0o700
