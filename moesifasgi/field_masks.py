@@ -13,9 +13,10 @@ They hold for every form a body is stored in, not only parsed JSON:
   field, an error message with a URL) is scanned as text;
 - base64 (anything that was not valid JSON, or was cut at MAX_BODY_BYTES): the
   bytes are decoded and, by what they are, parsed as JSON (the NaN case), split
-  as a form, or scanned as text: a masked name followed by ``:`` or ``=`` has
-  its value replaced; a value whose end cannot be found (cut off, unbalanced,
-  garbled) is removed with everything after it. The truncation marker line stays.
+  as a form, or scanned as text (text_masks): a masked name followed by ``:``
+  or ``=``, a multipart part or an XML element so named has its value replaced;
+  a value whose end cannot be found (cut off, unbalanced, garbled) is removed
+  with everything after it. The truncation marker line stays.
 
 For outgoing calls, credentials are masked by default on top of these
 (REDACT_OUTGOING_CREDENTIALS, see OUTGOING_CREDENTIAL_HEADERS/FIELDS).
@@ -31,6 +32,7 @@ from typing import Any, Dict, FrozenSet, Iterable, Optional, Pattern, Tuple
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import jsoncodec
+from .text_masks import MASK_MARKER, mask_multipart, mask_text, mask_xml
 
 __all__ = [
     "MASK_MARKER",
@@ -40,9 +42,6 @@ __all__ = [
     "loggable_url",
     "maskers_for",
 ]
-
-# Legal unencoded in JSON, form values, query strings and plain text alike.
-MASK_MARKER = "***MASKED***"
 
 OUTGOING_CREDENTIAL_HEADERS = (
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
@@ -60,9 +59,6 @@ _TRUNCATION_TAIL = re.compile(
     rb"\n\[moesifasgi: body truncated after \d+ bytes(?:; \d+ bytes were sent(?: gzip-compressed)?)?\]\Z")
 # Unambiguous on purpose (a name without "=", then an optional "=value"): linear on any input.
 _FORM = re.compile(r"\A[^\s=&]+=[^\s&]*(?:&[^\s=&]*(?:=[^\s&]*)?)*\Z")
-# Where a bare value stops, after "name: " (JSON-ish, YAML, header lines) or "name=" (forms, cookies).
-_BARE_END = {":": re.compile(r"[,}\]\r\n]"), "=": re.compile(r"[&;,\s}\]]")}
-_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
 
 
 def _names(values: Iterable[str]) -> FrozenSet[str]:
@@ -99,7 +95,8 @@ class Masker:
         if isinstance(request, dict):
             _mask_headers(request, self.request_headers)
             uri = request.get("uri")
-            if isinstance(uri, str) and ("?" in uri and self.request_fields or "@" in uri and self.userinfo):
+            if isinstance(uri, str) and (self.request_fields and ("?" in uri or "#" in uri)
+                                         or self.userinfo and "@" in uri):
                 request["uri"] = mask_url(uri, self.request_fields, userinfo=self.userinfo)
             if self.request_fields:
                 _mask_section_body(request, self.request_fields, self._request_pattern, self._request_names)
@@ -141,6 +138,10 @@ def _mask_headers(section: Dict[str, Any], names: FrozenSet[str]) -> None:
 
 def mask_form(text: str, fields: FrozenSet[str]) -> str:
     """`a=1&password=x` -> `a=1&password=***MASKED***`; names compared decoded."""
+    if "%" not in text:
+        lowered = text.lower()
+        if not any(name in lowered for name in fields):
+            return text
     pieces = text.split("&")
     changed = False
     for index, piece in enumerate(pieces):
@@ -162,19 +163,25 @@ def loggable_url(url: str) -> str:
 
 
 def mask_url(url: str, fields: FrozenSet[str], *, userinfo: bool = False) -> str:
+    marks = [at for at in (url.find("?"), url.find("#")) if at >= 0]
+    rest = url[min(marks) + 1:] if marks and fields else ""
+    if not (userinfo and "@" in url) and mask_form(rest, fields) == rest:
+        return url  # the usual case, decided without taking the URL apart
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK_MARKER  # not a URL we can take apart: nothing of it is kept
     query = mask_form(parts.query, fields) if parts.query and fields else parts.query
+    # A fragment is not sent, but a recorded URL may carry one (#access_token=... of OAuth's implicit flow).
+    fragment = mask_form(parts.fragment, fields) if parts.fragment and fields else parts.fragment
     netloc = parts.netloc
     if userinfo and "@" in netloc:
         credentials, _, host = netloc.rpartition("@")
         user, colon, _ = credentials.partition(":")
         netloc = f"{user}:{MASK_MARKER}@{host}" if colon else netloc
-    if query == parts.query and netloc == parts.netloc:
+    if query == parts.query and netloc == parts.netloc and fragment == parts.fragment:
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -189,7 +196,9 @@ def _key_pattern(fields: FrozenSet[str]) -> Optional[Pattern[str]]:
 
 
 def _name_list(fields: FrozenSet[str]) -> Tuple[str, ...]:
-    return tuple(sorted(fields))
+    """The names a text must contain one of to hold any of `fields`: "token" covers
+    "access_token", so the quick test of a body runs fewer searches."""
+    return tuple(sorted(n for n in fields if not any(o != n and o in n for o in fields)))
 
 
 def _mask_section_body(section: Dict[str, Any], fields: FrozenSet[str], pattern: Pattern[str],
@@ -286,10 +295,11 @@ def _mask_base64(body: str, fields: FrozenSet[str], pattern: Pattern[str], names
     return base64.b64encode(encoded + tail).decode("ascii")
 
 
-# A value to mask always follows a name and ":" or "=" (a multipart part's headers have both).
+# A value to mask always follows a name and ":" or "=" (a multipart part's headers have both),
+# or is an XML element's content.
 def _may_hold(text: str, names: Tuple[str, ...], form: bool = False) -> bool:
     """False when `text` cannot hold a masked value, spelled plainly, escaped or percent-encoded."""
-    if ":" not in text and "=" not in text:
+    if ":" not in text and "=" not in text and "<" not in text:
         return False
     lowered = text.lower()
     for name in names:
@@ -301,7 +311,7 @@ def _may_hold(text: str, names: Tuple[str, ...], form: bool = False) -> bool:
 
 
 def _may_hold_bytes(data: bytes, names: Tuple[str, ...], form: bool) -> bool:
-    if b":" not in data and b"=" not in data:
+    if b":" not in data and b"=" not in data and b"<" not in data:
         return False
     lowered = data.lower()  # ASCII letters only: a name with others is looked for in the decoded text
     for name in names:
@@ -317,8 +327,10 @@ def _mask_text_body(text: str, fields: FrozenSet[str], pattern: Pattern[str], na
     kind = (content_type or "").lower()
     if "form-data" in text.lower():
         text = mask_multipart(text, fields)
+    if "<" in text:
+        text = mask_xml(text, fields)
     if "x-www-form-urlencoded" in kind or _FORM.match(text.strip()):
-        return mask_text(mask_form(text, fields), pattern)
+        return mask_text(mask_form(text, fields), pattern, fields)
     if not truncated and text.lstrip()[:1] in ("{", "[") and ("NaN" in text or "Infinity" in text):
         # Valid JSON for Python but not for orjson: parsed and walked. (Other JSON
         # stored as base64 failed both parsers; mask_text handles it, and this too.)
@@ -329,131 +341,3 @@ def _mask_text_body(text: str, fields: FrozenSet[str], pattern: Pattern[str], na
         else:
             return json.dumps(_mask_value(parsed, fields, pattern, names), ensure_ascii=False)
     return mask_text(text, pattern, fields)
-
-
-# -- text that is not a document we can parse -------------------------------------------------
-
-_PART_HEADERS = re.compile(
-    r'content-disposition:[^\r\n]*?;\s*name="?([^";\r\n]*)"?[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n', re.IGNORECASE)
-
-
-def mask_multipart(text: str, fields: FrozenSet[str]) -> str:
-    """The value of a masked field in raw multipart/form-data (a part's content, up to the next boundary)."""
-    out = []
-    position = 0
-    for match in _PART_HEADERS.finditer(text):
-        if match.start() < position or match.group(1).strip().lower() not in fields:
-            continue
-        end = text.find("\r\n--", match.end())
-        out.append(text[position:match.end()])
-        out.append(MASK_MARKER)
-        if end < 0:
-            return "".join(out)  # the part was cut off: nothing after it is kept
-        position = end
-    out.append(text[position:])
-    return "".join(out)
-
-
-def mask_text(text: str, pattern: Pattern[str], fields: Optional[FrozenSet[str]] = None) -> str:
-    """Replace the value after every `name:` / `name=` / `"name":` in `text`.
-
-    Cut-off JSON, JSON with a trailing comma, a log line, a YAML or header
-    block: wherever a masked name is used as a key. A value whose end cannot be
-    found is removed with everything after it.
-    """
-    spans = []
-    for match in pattern.finditer(text):
-        spans.append((match.end(), match.group(1)))
-    if fields and "\\u" in text:
-        # A key spelled with \\u escapes in a document json could not parse.
-        for match in _JSON_KEY.finditer(text):
-            if "\\u" not in match.group(1):
-                continue
-            try:
-                key = json.loads('"%s"' % match.group(1))
-            except ValueError:
-                continue
-            if isinstance(key, str) and key.lower() in fields:
-                spans.append((match.end(), ":"))
-    if not spans:
-        return text
-    spans.sort()
-    out = []
-    position = 0
-    for start, separator in spans:
-        if start < position:
-            continue  # inside a value already masked
-        out.append(text[position:start])
-        end, replacement = _value_extent(text, start, separator)
-        if end is None:
-            out.append(MASK_MARKER)  # cannot tell where it ends: drop the rest
-            return "".join(out)
-        out.append(replacement)
-        position = end
-    out.append(text[position:])
-    return "".join(out)
-
-
-def _value_extent(text: str, start: int, separator: str) -> Tuple[Optional[int], str]:
-    """(end of the value starting at `start`, what replaces it); end None when unknown."""
-    size = len(text)
-    if start >= size:
-        return size, ""
-    first = text[start]
-    if first in "\"'\\":
-        quote_at = start
-        while quote_at < size and text[quote_at] == "\\":
-            quote_at += 1
-        if quote_at < size and text[quote_at] in "\"'":
-            end = _closing_quote(text, quote_at, quote_at - start)
-            opener = text[start:quote_at + 1]
-            return end, opener + MASK_MARKER + opener
-    if first in "{[":
-        return _closing_bracket(text, start), '"%s"' % MASK_MARKER
-    stop = _BARE_END[separator].search(text, start)
-    return (stop.start() if stop else size), MASK_MARKER
-
-
-def _backslashes_before(text: str, index: int, floor: int) -> int:
-    count = 0
-    while index - 1 - count > floor and text[index - 1 - count] == "\\":
-        count += 1
-    return count
-
-
-def _closing_quote(text: str, quote_at: int, level: int) -> Optional[int]:
-    """End (exclusive) of a string opened at `quote_at` with `level` backslashes before its quote."""
-    quote = text[quote_at]
-    index = quote_at + 1
-    while True:
-        index = text.find(quote, index)
-        if index < 0:
-            return None
-        count = _backslashes_before(text, index, quote_at)
-        if level == 0 and count % 2 == 0 or level and count == level:
-            return index + 1
-        if level and count < level:
-            return None  # the enclosing string ended first: malformed
-        index += 1
-
-
-def _closing_bracket(text: str, start: int) -> Optional[int]:
-    depth = 0
-    index = start
-    size = len(text)
-    while index < size:
-        char = text[index]
-        if char == '"':
-            end = _closing_quote(text, index, 0)
-            if end is None:
-                return None
-            index = end
-            continue
-        if char in "{[":
-            depth += 1
-        elif char in "}]":
-            depth -= 1
-            if depth == 0:
-                return index + 1
-        index += 1
-    return None

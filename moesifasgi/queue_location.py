@@ -9,8 +9,10 @@ directory we reuse can swap our file for theirs. So:
   its own uid, opened without following symlinks and set to mode 0700;
 - a directory named explicitly (QUEUE_PATH) must be owned by this uid or root
   and writable by nobody else;
-- in either case no ancestor may be writable by other users without the sticky
-  bit (they could rename the directory away), nor owned by another user;
+- no ancestor may be writable by other users without the sticky bit (they could
+  rename the directory away), nor owned by another user; except above an
+  explicit directory that is private (ours, 0700): a substitute is refused at
+  the next open, every open checking again;
 - every file of the queue is opened with O_NOFOLLOW, must be a regular file
   owned by this uid, and is set to 0600 whatever the umask.
 
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 QUEUE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
+_POSIX = os.name == "posix"  # owners, modes and O_NOFOLLOW; elsewhere the checks do not apply
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -77,6 +80,20 @@ def _check_ancestors(directory: str) -> None:
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
             raise UnsafeQueueLocation(f"{current} is writable by other users (mode {st.st_mode & 0o7777:04o}, "
                                       "no sticky bit), who could replace the queue directory")
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
+
+
+def _check_links(directory: str) -> None:
+    """A symlink on the way to `directory` must be ours or root's: another user could repoint it."""
+    euid = _euid()
+    current = os.path.abspath(directory)
+    while True:
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (euid, 0):
+            raise UnsafeQueueLocation(f"{current} is a symlink owned by uid {st.st_uid}, who could repoint it")
         parent = os.path.dirname(current)
         if parent == current:
             return
@@ -195,8 +212,14 @@ def _check_directory(directory: str, *, create: bool) -> None:
         raise UnsafeQueueLocation(
             f"moesifasgi: the queue directory {directory} is writable by other users (mode "
             f"{st.st_mode & 0o7777:04o}), who could read the queue by planting its files; {_SETTING_HINT}")
+    private = st.st_uid == euid and not st.st_mode & 0o077
     try:
-        _check_ancestors(directory)
+        _check_links(directory)
+        if not private:
+            # A private directory (ours, 0700) may sit in a shared one (a Kubernetes
+            # emptyDir is 0777): whoever renames it away and plants their own is
+            # refused at our next open, as every open checks again.
+            _check_ancestors(directory)
     except UnsafeQueueLocation as exc:
         raise UnsafeQueueLocation(f"moesifasgi: unsafe queue location: {exc}; {_SETTING_HINT}") from None
 
@@ -205,11 +228,13 @@ def open_private_file(path: str, *, create: bool = True, flags: int = os.O_RDWR)
     """Open `path` without following a symlink; a regular file of ours, mode 0600.
 
     Returns the descriptor. Used for the database file before SQLite opens it and
-    for the lock files beside it.
+    for the lock files beside it. (Without POSIX owners and modes, Windows, only opened.)
     """
+    if not _POSIX:
+        return os.open(path, flags | (os.O_CREAT if create else 0), 0o600)
     try:
         fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | (os.O_CREAT if create else 0), 0o600)
-    except OSError as exc:
+    except OSError:
         if os.path.islink(path):
             raise UnsafeQueueLocation(f"moesifasgi: {path} is a symlink; refusing to follow it") from None
         raise
@@ -239,6 +264,11 @@ def prepare_queue_file(path: str, *, create: bool = True) -> None:
     database keeps them private; ones left by an older version are fixed here.
     """
     directory = os.path.dirname(path) or "."
+    if not _POSIX:
+        if create:
+            os.makedirs(directory, exist_ok=True)
+        os.close(open_private_file(path, create=create))
+        return
     _check_directory(directory, create=create)
     os.close(open_private_file(path, create=create))
     for suffix in QUEUE_FILE_SUFFIXES:

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import click
@@ -174,12 +174,33 @@ def command(group: click.Group, name: Optional[str] = None, **kwargs: Any) -> Ca
     return decorate
 
 
+class _UsageError(click.UsageError):
+    """A usage error in one line (click's own adds the usage and a "Try --help" line)."""
+
+    def show(self, file: Any = None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.message}{hint}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> _UsageError:
+    return exc if isinstance(exc, _UsageError) else _UsageError(exc.format_message(), exc.ctx)
+
+
 class _Group(click.Group):
     """Every failure below becomes one line and a non-zero exit, never a traceback."""
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
         except KeyboardInterrupt as exc:

@@ -11,10 +11,11 @@ from typing import List, Optional, Tuple
 
 import click
 
-from . import queue_store as qs
+from moesifasgi.delivery.profile_delivery import requeue_profile_dead_letters
+from moesifasgi.storage import queue_store as qs
+
 from .cli import CliContext, cli, command, pass_ctx
 from .cli_format import ago
-from .profile_delivery import requeue_profile_dead_letters
 
 
 @cli.group("dead-letters")

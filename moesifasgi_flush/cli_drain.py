@@ -15,12 +15,12 @@ from typing import Any, Callable, Optional
 import click
 
 from moesifasgi import storage
+from moesifasgi.delivery.flusher import DrainStats, Flusher, FlusherOptions
+from moesifasgi.delivery.lease import LEASE_SECONDS, RENEW_INTERVAL
+from moesifasgi.delivery.pump import BATCH_WAIT
+from moesifasgi.storage import queue_store as qs
 
-from . import queue_store as qs
 from .cli import CliContext, Interrupted, cli, command, pass_ctx
-from .flusher import DrainStats, Flusher, FlusherOptions
-from .lease import LEASE_SECONDS, RENEW_INTERVAL
-from .pump import BATCH_WAIT
 
 logger = logging.getLogger(__name__)
 

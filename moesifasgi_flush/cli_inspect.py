@@ -16,8 +16,8 @@ import click
 
 from moesifasgi import storage
 from moesifasgi.queue_location import default_queue_name, queue_directories
+from moesifasgi.storage import queue_store as qs
 
-from . import queue_store as qs
 from .cli import CliContext, cli, command, pass_ctx
 from .cli_format import age, ago, size, status_lines, watch_line
 from .status import newest_dead_letters, queue_status

@@ -9,11 +9,10 @@ import time
 from typing import Any, Dict, List, Optional
 
 from moesifasgi import storage
+from moesifasgi.delivery.lease import current_leader, owner_is_dead
+from moesifasgi.delivery.profile_delivery import profile_counts
+from moesifasgi.storage import queue_store as qs
 
-from .profile_delivery import profile_counts
-
-from . import queue_store as qs
-from .lease import current_leader, owner_is_dead
 
 
 def _file_bytes(path: str) -> int:

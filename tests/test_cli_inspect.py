@@ -223,6 +223,16 @@ def test_shell_completion_is_generated_by_the_console_script(tmp_path):
     (("dead-letters", "show", "abc", "--queue", "x"), "Invalid value"),
     (("status", "--watch", "0", "--queue", "x"), "must be more than 0"),
     (("nope",), "No such command"),
+    (("--bogus", "status"), "No such option"),
+    (("status", "--bogus"), "No such option"),
+    (("dead-letters", "nope"), "No such command"),
+    (("dead-letters", "requeue", "x", "--queue", "x"), "Invalid value"),
+    (("run", "--metrics-port", "70000"), "Invalid value"),
+    (("drain", "--give-up-after", "-1"), "Invalid value"),
+    (("check", "--max-age", "soon", "--queue", "x"), "Invalid value"),
+    (("queues", "--json", "extra"), "unexpected extra argument"),
+    (("status", "--format", "xml", "--queue", "x"), "Invalid value"),
+    (("--log-format", "yaml", "status"), "Invalid value"),
 ])
 def test_misuse_is_one_line_and_a_non_zero_exit_never_a_traceback(args, message, tmp_path):
     out = subprocess.run([sys.executable, "-m", "moesifasgi_flush.cli", *args], capture_output=True, text=True,
@@ -230,7 +240,7 @@ def test_misuse_is_one_line_and_a_non_zero_exit_never_a_traceback(args, message,
                                                         if not k.startswith("MOESIF_QUEUE")})
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert message in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("Error"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("Error: "), out.stderr
 
 
 def test_migrate_under_a_file_is_one_line(runner, tmp_path):

@@ -15,7 +15,7 @@ def test_the_app_and_the_embedded_helper_never_import_prometheus_client(tmp_path
         from fastapi import FastAPI
         from fastapi.testclient import TestClient
         from moesifasgi import MoesifMiddleware, queue_writer
-        import moesifasgi_flush.helper  # what the embedded flusher's process runs
+        import moesifasgi.delivery.helper  # what the embedded flusher's process runs
         app = FastAPI()
 
         @app.get("/x")
