@@ -178,6 +178,7 @@ class LoadSpec:
     deliver_timeout: float = 30.0
     quiet: float = 3.0
     wait_delivery: bool = True
+    extra_env: Dict[str, str] = field(default_factory=dict)   # e.g. bench_app's BENCH_NORECORD
 
 
 def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> Run:
@@ -193,6 +194,7 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
         env["BENCH_CALLBACKS"] = "1"
     if spec.durability:
         env["MOESIF_DURABILITY"] = spec.durability
+    env.update(spec.extra_env)
     server = AppServer(python, mode, env, workers=spec.workers, server=spec.server,
                        log_path=os.path.join(workdir, f"server-{seq}.log"))
     sampler = RssSampler(server)

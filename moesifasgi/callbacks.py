@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from starlette.datastructures import FormData, Headers
+from starlette.datastructures import URL, FormData, Headers
 from starlette.requests import Request
 
 from .bodies import MultipartSummary, is_multipart
@@ -45,6 +45,11 @@ async def invoke(function: Callable[..., Any], *args: Any, deadline: Optional[fl
     result = function(*args)
     if not inspect.isawaitable(result):
         return result
+    return await settle(result, deadline)
+
+
+async def settle(result: Any, deadline: Optional[float]) -> Any:
+    """Await a callback's awaitable result within `deadline` (CallbackTimeout past it)."""
     if deadline is None:
         return await result
     try:
@@ -82,10 +87,48 @@ async def _nothing_more() -> Any:
     return {"type": "http.disconnect"}
 
 
+# Starlette URLs of recent calls: building one from a scope (host header
+# parsing, joining, splitting again for .path) cost a SKIP callback that reads
+# request.url.path more than the rest of its call. A URL is immutable, and the
+# same scope fields give the same URL, so calls to the same address share one.
+_URL_CACHE: Dict[Tuple[Any, ...], URL] = {}
+_URL_CACHE_SIZE = 512
+
+
+def _url_of(scope: Any) -> URL:
+    host = None
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            host = value
+            break
+    server = scope.get("server")
+    key = (scope.get("scheme"), tuple(server) if server else None, scope.get("root_path"), scope.get("path"),
+           scope.get("query_string"), host)
+    url = _URL_CACHE.get(key)
+    if url is None:
+        url = URL(scope=scope)
+        if len(_URL_CACHE) >= _URL_CACHE_SIZE:
+            _URL_CACHE.clear()
+        _URL_CACHE[key] = url
+    return url
+
+
+class CallbackRequest(Request):
+    """The Starlette Request callbacks receive; `url` as Starlette builds it, shared
+    between calls to the same address."""
+
+    @property
+    def url(self) -> URL:
+        url = self.__dict__.get("_url")
+        if url is None:
+            url = self._url = _url_of(self.scope)
+        return url
+
+
 def request_for(exchange: Exchange) -> Request:
     """A Starlette Request over the captured scope whose body()/json()/form() never
     touch the client's stream: the captured body, or b"" when it was not kept."""
-    request = Request(exchange.scope, _nothing_more)
+    request = CallbackRequest(exchange.scope, _nothing_more)
     body = exchange.request_body_bytes()
     request._body = b"" if body is None else body  # Starlette's own cache attribute for body()
     summary = exchange.request_body

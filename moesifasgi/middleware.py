@@ -23,10 +23,10 @@ from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import build_event
 from .governed import adding_headers, check, respond_blocked
-from . import outgoing, profiles
+from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
 from .pipeline import EventPipeline
-from .queue_writer import close_all
+from .queue_writer import close_all, flush_all
 from .recording import CallbackSet, Identity, RecordingSequence
 from .settings import Settings, parse_settings
 from .sync_bridge import is_async_callable, run_without_loop, running_loop, spawn, wait_background
@@ -67,7 +67,6 @@ class MoesifMiddleware:
         # Whether recording can ever wait for something (an async callback).
         self._may_wait = callbacks.any_async() or is_async_callable(s.mask_event_model)
         self._strict = s.durability == "strict"
-        self._in_flight = 0
         profiles.use_queue_path(s.queue_path)
         if s.capture_outgoing_requests:
             try:
@@ -98,16 +97,31 @@ class MoesifMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Apps without lifespan start the flusher on their first request; after
-        # that this is one dict lookup.
-        ensure_flusher_started(self.settings)
         # Counted until the call is recorded (or handed to a task of its own when
-        # cancelled), so that shutdown can wait for it.
-        self._in_flight += 1
+        # cancelled), so that lifespan shutdown can wait for it and a signalled
+        # process knows whether a call will still commit its group (shutdown.py).
+        shutdown.watch_signals()
+        shutdown.call_started()
         try:
+            # Apps without lifespan start the flusher on their first request;
+            # after that this is one dict lookup.
+            ensure_flusher_started(self.settings)
             await self._http(scope, receive, send)
+        except Exception:
+            await self._settle_if_stopping()
+            raise
+        else:
+            await self._settle_if_stopping()
         finally:
-            self._in_flight -= 1
+            shutdown.call_ended()
+
+    async def _settle_if_stopping(self) -> None:
+        # Once the process is stopping, a call returns to the server only when
+        # what it queued is committed: servers wait for their calls before they
+        # exit. Here, outside the app, because Django cancels its own request
+        # task as soon as the response is sent.
+        if shutdown.requested():
+            await asyncio.get_running_loop().run_in_executor(None, flush_all, shutdown.CALL_COMMIT_TIMEOUT)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -213,9 +227,9 @@ class MoesifMiddleware:
         is recorded: calls still running (a server that cancelled them unwinds
         them now) and recordings running in tasks of their own. True if all were."""
         deadline = time.monotonic() + timeout
-        while self._in_flight and time.monotonic() < deadline:
+        while shutdown.calls_in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        return await wait_background(max(0.0, deadline - time.monotonic())) and not self._in_flight
+        return await wait_background(max(0.0, deadline - time.monotonic())) and not shutdown.calls_in_flight()
 
     async def _finish(self, exchange: Exchange, strict: Optional[bool] = None) -> None:
         """Record the exchange once (the sequence never raises)."""

@@ -103,11 +103,13 @@ class EventPipeline:
         metadata) is queued in its place and the failure counted.
         """
         writer = writer or self.writer
+        mask = self.settings.mask_event_model
+        if mask is None and not strict:
+            return self.persist_now(event, writer)
         # The declarative masks first, so MASK_EVENT_MODEL (and any failure report) sees the masked event.
         masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
         if masker is not None:
             masker.apply(event)
-        mask = self.settings.mask_event_model
         if mask is not None:
             try:
                 event = await apply_mask(mask, event, deadline)
@@ -116,11 +118,9 @@ class EventPipeline:
                     "mask-failed", "moesifasgi: MASK_EVENT_MODEL failed (%s); a minimal event without headers, "
                     "bodies or metadata was recorded instead", _describe(exc))
                 event = minimal_event(event)
-        text = self.encode(event)
-        if text is None:
-            self.drop("too-large", "moesifasgi: an event stayed over Moesif's 1 MB limit without its bodies; dropped")
+        row = self._row(event)
+        if row is None:
             return False
-        row = (str(event["transaction_id"]), time.time(), text)
         if not strict:
             return writer.submit(row)
         loop = asyncio.get_running_loop()
@@ -140,6 +140,22 @@ class EventPipeline:
                 STRICT_COMMIT_TIMEOUT,
             )
             return False
+
+    def persist_now(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None) -> bool:
+        """persist() without MASK_EVENT_MODEL and not strict: nothing to wait for, so
+        no coroutine (the common case, once per call on the app's loop)."""
+        masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
+        if masker is not None:
+            masker.apply(event)
+        row = self._row(event)
+        return row is not None and (writer or self.writer).submit(row)
+
+    def _row(self, event: Dict[str, Any]) -> Optional[Tuple[str, float, str]]:
+        text = self.encode(event)
+        if text is None:
+            self.drop("too-large", "moesifasgi: an event stayed over Moesif's 1 MB limit without its bodies; dropped")
+            return None
+        return (str(event["transaction_id"]), time.time(), text)
 
     def encode(self, event: Dict[str, Any]) -> Optional[str]:
         """encode_event(), with values that are not valid JSON replaced by marked stand-ins."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from inspect import isawaitable
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
-from .callbacks import CallbackTimeout, invoke
+from .callbacks import CallbackTimeout, settle
 from .event_builder import route_of
 from .field_masks import loggable_url
 from .pipeline import EventPipeline
@@ -24,6 +25,9 @@ __all__ = ["CallbackSet", "Identity", "RecordingSequence"]
 logger = logging.getLogger("moesifasgi")
 
 _MISSING = object()
+# What callbacks usually return: never awaitable, so inspect.isawaitable (an ABC
+# check) is skipped for them.
+_PLAIN = frozenset({type(None), bool, str, int, float, dict, list})
 
 
 class CallbackSet(NamedTuple):
@@ -58,27 +62,44 @@ class RecordingSequence:
         self.timeout = timeout
         self.direction = "outgoing " if callbacks.suffix else ""
         self._needs_arguments = callbacks.any()
+        self._names = tuple(name + callbacks.suffix for name in
+                            ("SKIP", "IDENTIFY_USER", "IDENTIFY_COMPANY", "GET_SESSION_TOKEN", "GET_METADATA"))
 
     def deadline(self) -> float:
         """When this call's callbacks (MASK_EVENT_MODEL included) must have finished."""
         return time.monotonic() + self.timeout
 
-    async def _call(self, name: str, function: Callable[..., Any], request: Any, response: Any,
-                    deadline: float) -> Any:
-        """The callback's result, or _MISSING when it raised or ran out of time."""
+    def _call(self, name: str, function: Callable[..., Any], request: Any, response: Any) -> Any:
+        """Call a callback: its result (an awaitable one as is, for `_settle`), or
+        _MISSING when it raised.
+
+        Plain functions, the common case, never make a coroutine: on the app's
+        event loop each coroutine and await per call adds up.
+        """
         try:
-            return await invoke(function, request, response, deadline=deadline)
+            return function(request, response)
+        except Exception as exc:
+            self._raised(name, exc)
+            return _MISSING
+
+    async def _settle(self, name: str, result: Any, deadline: float) -> Any:
+        """An awaitable callback result, or _MISSING when it raised or ran out of time."""
+        try:
+            return await settle(result, deadline)
         except CallbackTimeout:
             self.pipeline.problem(
                 f"callback-timeout:{name}",
                 "moesifasgi: %s did not finish within CALLBACK_TIMEOUT (%.3g s); the %sevent was recorded without it",
                 name, self.timeout, self.direction)
         except Exception as exc:
-            self.pipeline.problem(
-                f"callback-raised:{name}",
-                "moesifasgi: %s raised %s: %s; the %sevent was recorded without it",
-                name, type(exc).__name__, exc, self.direction)
+            self._raised(name, exc)
         return _MISSING
+
+    def _raised(self, name: str, exc: Exception) -> None:
+        self.pipeline.problem(
+            f"callback-raised:{name}",
+            "moesifasgi: %s raised %s: %s; the %sevent was recorded without it",
+            name, type(exc).__name__, exc, self.direction)
 
     async def identify(
         self, request: Any, response: Any, *, verb: str, uri: str, ip_address: Optional[str],
@@ -86,19 +107,25 @@ class RecordingSequence:
     ) -> Optional[Identity]:
         """Run the data callbacks and sampling; None when the call is skipped or sampled out."""
         c = self.callbacks
-        suffix = c.suffix
+        names = self._names
         if c.skip is not None:
-            skipped = await self._call("SKIP" + suffix, c.skip, request, response, deadline)
+            skipped = self._call(names[0], c.skip, request, response)
+            if type(skipped) not in _PLAIN and isawaitable(skipped):
+                skipped = await self._settle(names[0], skipped, deadline)
             if skipped is not _MISSING and skipped:
                 return None
         user_id = company_id = session_token = metadata = None
         if c.identify_user is not None:
-            value = await self._call("IDENTIFY_USER" + suffix, c.identify_user, request, response, deadline)
+            value = self._call(names[1], c.identify_user, request, response)
+            if type(value) not in _PLAIN and isawaitable(value):
+                value = await self._settle(names[1], value, deadline)
             user_id = None if value is _MISSING else value
         if not user_id and fallback_user_id is not None:
             user_id = fallback_user_id()
         if c.identify_company is not None:
-            value = await self._call("IDENTIFY_COMPANY" + suffix, c.identify_company, request, response, deadline)
+            value = self._call(names[2], c.identify_company, request, response)
+            if type(value) not in _PLAIN and isawaitable(value):
+                value = await self._settle(names[2], value, deadline)
             company_id = None if value is _MISSING else value
         user_id = None if user_id is None else str(user_id)
         company_id = None if company_id is None else str(company_id)
@@ -114,10 +141,14 @@ class RecordingSequence:
                 return None
 
         if c.get_session_token is not None:
-            value = await self._call("GET_SESSION_TOKEN" + suffix, c.get_session_token, request, response, deadline)
+            value = self._call(names[3], c.get_session_token, request, response)
+            if type(value) not in _PLAIN and isawaitable(value):
+                value = await self._settle(names[3], value, deadline)
             session_token = None if value is _MISSING or value is None else str(value)
         if c.get_metadata is not None:
-            value = await self._call("GET_METADATA" + suffix, c.get_metadata, request, response, deadline)
+            value = self._call(names[4], c.get_metadata, request, response)
+            if type(value) not in _PLAIN and isawaitable(value):
+                value = await self._settle(names[4], value, deadline)
             metadata = None if value is _MISSING else value
         return Identity(user_id, company_id, session_token, metadata, pipeline.weight(rate))
 
@@ -146,7 +177,10 @@ class RecordingSequence:
                 # what a mask removes (the event itself is masked only in persist()).
                 logger.debug("moesifasgi: queueing %sevent %s %s -> %s", self.direction, verb, loggable_url(uri),
                              status)
-            return await self.pipeline.persist(event, strict=strict, deadline=deadline)
+            pipeline = self.pipeline
+            if strict or pipeline.settings.mask_event_model is not None:
+                return await pipeline.persist(event, strict=strict, deadline=deadline)
+            return pipeline.persist_now(event)
         except Exception:
             self.pipeline.internal_error(
                 "outgoing-internal" if self.callbacks.suffix else "internal",

@@ -75,3 +75,19 @@ def read_problems(path: str) -> Dict[str, int]:
         return dict(conn.execute("SELECT reason, count FROM problem_counts"))
     finally:
         conn.close()
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--matrix", action="store_true", default=False,
+                     help="run the whole framework and server matrix (tests/test_server_matrix.py)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # The whole matrix takes minutes and extra packages: only its fast subset
+    # runs unless --matrix is given.
+    if config.getoption("--matrix"):
+        return
+    kept = [item for item in items if item.get_closest_marker("matrix") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("matrix")])
+        items[:] = kept

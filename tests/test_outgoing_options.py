@@ -103,7 +103,7 @@ def test_mask_event_model_applies_to_outgoing_events(capture, target, queue_path
 
 def test_server_side_sampling_applies_to_outgoing_events(capture, target, queue_path):
     settings = capture(IDENTIFY_USER_OUTGOING=lambda req, res: req.headers.get("X-User"))
-    writer_for(settings.queue_path, settings.event_queue_size).shared.sampling = SamplingConfig.from_dict(
+    writer_for(settings.queue_path, settings.event_queue_size, settings.application_id).shared.sampling = SamplingConfig.from_dict(
         {"sample_rate": 0, "user_sample_rate": {"ann": 100}}
     )
     requests.get(target.url + "/json")
