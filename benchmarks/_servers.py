@@ -57,7 +57,8 @@ class AppServer:
     def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn",
                  port: Optional[int] = None, log_path: Optional[str] = None) -> None:
         self.port = port or free_port()
-        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE, **env)
+        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE)
+        full_env.update(env)  # may set PYTHONPATH: another checkout's package ahead of the installed one
         if server == "gunicorn":
             cmd: List[str] = [
                 python, "-m", "gunicorn", "bench_app:app", "-k", "uvicorn.workers.UvicornWorker",

@@ -51,6 +51,7 @@ INCOMING_BODIES = {
     "nan-json": ("application/json", '{"ratio":NaN,"password":"%s"}' % secret("nan-json")),
     "form": ("application/x-www-form-urlencoded", "user=a&password=%s&x=1" % secret("form")),
     "text": ("text/plain", "user: a\npassword: %s\nx: 1\n" % secret("text")),
+    "xml": ("application/xml", "<login><user>a</user><ns:Password type='x'>%s</ns:Password></login>" % secret("xml")),
 }
 FORMS = sorted(INCOMING_BODIES) + ["query", "multipart", "headers", "authorization"]
 
