@@ -363,3 +363,27 @@ async def test_a_call_cancelled_while_its_callbacks_run_after_the_response_is_st
     assert await wait_background(10)
     [event] = read_events(queue_path)
     assert event["response"]["status"] == 200 and event["user_id"] == "ann"
+
+
+def test_identify_user_reads_what_the_app_put_on_request_state_and_anonymous_calls_are_recorded(queue_path):
+    class User:
+        id = "u-42"
+
+    app = FastAPI()
+
+    @app.get("/me")
+    def me(request: Request, anonymous: bool = False):
+        if not anonymous:
+            request.state.user = User()
+        return {"ok": True}
+
+    def identify_user(request, response):
+        return request.state.user.id  # the README-style callback: raises for anonymous calls
+
+    app.add_middleware(MoesifMiddleware, settings=settings(queue_path, IDENTIFY_USER=identify_user))
+    client = TestClient(app)
+    client.get("/me")
+    client.get("/me?anonymous=true")
+    events = read_events(queue_path)
+    assert [e.get("user_id") for e in events] == ["u-42", None]
+    assert read_problems(queue_path) == {"callback-raised:IDENTIFY_USER": 1}
