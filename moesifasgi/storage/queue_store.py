@@ -341,6 +341,12 @@ def kv_get(conn: sqlite3.Connection, key: str) -> Optional[str]:
     return None if row is None else row[0]
 
 
+def kv_get_many(conn: sqlite3.Connection, keys: Sequence[str]) -> List[Tuple[str, str, float]]:
+    """(key, value, updated_at) of those of `keys` that are stored."""
+    return conn.execute("SELECT key, value, updated_at FROM kv WHERE key IN (SELECT value FROM json_each(?))",
+                        (json.dumps(list(keys)),)).fetchall()
+
+
 def kv_get_with_time(conn: sqlite3.Connection, key: str) -> Optional[tuple]:
     row = conn.execute("SELECT value, updated_at FROM kv WHERE key = ?", (key,)).fetchone()
     return None if row is None else (row[0], row[1])
