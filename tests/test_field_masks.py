@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from moesifasgi.bodies import truncation_marker
 from moesifasgi.field_masks import MASK_MARKER, Masker, maskers_for
 from moesifasgi.settings import parse_settings
 
@@ -154,3 +155,10 @@ def test_outgoing_credentials_in_headers_query_user_info_and_token_answers_are_r
     assert event["request"]["uri"] == (f"https://bot:{MASK_MARKER}@api.example/v1?access_token={MASK_MARKER}&page=2"
                                        f"#id_token={MASK_MARKER}")
     assert event["response"]["body"]["expires_in"] == 3600
+
+
+@pytest.mark.parametrize("marker", [truncation_marker(40, 9000), truncation_marker(40, None),
+                                    truncation_marker(40, 900, compressed=True)])
+def test_every_truncation_marker_bodies_can_write_is_kept_whole(marker):
+    masked = masked_request_bytes(b'{"password": "' + SECRET.encode() + marker)
+    assert masked.endswith(marker) and SECRET.encode() not in masked

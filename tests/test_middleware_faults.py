@@ -89,6 +89,7 @@ def test_the_middleware_is_built_the_original_ways_and_its_settings_read_like_a_
         assert middleware.settings["APPLICATION_ID"] == "app-id"
         assert middleware.settings.get("LOG_BODY") is False and "QUEUE_PATH" in middleware.settings
         assert middleware.settings.get("DEBUG", "unset") == "unset" and dict(middleware.settings) == settings
+        assert middleware.settings.copy() == settings and len(middleware.settings) == 3
     assert MoesifMiddleware(settings, FastAPI()).app is not None
     assert MoesifMiddleware(settings=settings).update_user({"user_id": "u1"}).result(10) == 1
 
