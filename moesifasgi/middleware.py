@@ -22,7 +22,7 @@ from .callbacks import request_for, response_for
 from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import build_event
-from .governed import adding_headers, check, respond_blocked
+from .governance.asgi import adding_headers, check, respond_blocked
 from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
 from .pipeline import EventPipeline

@@ -12,6 +12,7 @@ shares, and the one place where errors become one line and an exit code:
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sqlite3
@@ -197,8 +198,26 @@ def _one_line(exc: click.UsageError) -> _UsageError:
     return exc if isinstance(exc, _UsageError) else _UsageError(exc.format_message(), exc.ctx)
 
 
+# Command name -> the module that defines it, imported when the command is used:
+# `status` and `check` (probes, every few seconds) need neither httpx nor asyncio,
+# which `run` and `drain` bring.
+_COMMAND_MODULES = {
+    "run": "cli_drain", "drain": "cli_drain",
+    "status": "cli_inspect", "check": "cli_inspect", "queues": "cli_inspect", "peek": "cli_inspect",
+    "migrate": "cli_inspect", "dead-letters": "cli_dead_letters",
+}
+
+
 class _Group(click.Group):
     """Every failure below becomes one line and a non-zero exit, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in self.commands and cmd_name in _COMMAND_MODULES:
+            importlib.import_module(f"{__package__}.{_COMMAND_MODULES[cmd_name]}")  # registers it
+        return super().get_command(ctx, cmd_name)
 
     def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
                      **extra: Any) -> click.Context:
@@ -274,12 +293,6 @@ def main() -> None:
         click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
 
-
-def _register() -> None:
-    from . import cli_dead_letters, cli_drain, cli_inspect  # noqa: F401  (they add their commands)
-
-
-_register()
 
 if __name__ == "__main__":
     # Run as `python -m moesifasgi_flush.cli`: the commands registered themselves on
