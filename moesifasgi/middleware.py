@@ -108,10 +108,12 @@ class MoesifMiddleware:
             ensure_flusher_started(self.settings)
             await self._http(scope, receive, send)
         except Exception:
-            await self._settle_if_stopping()
+            if shutdown.requested():
+                await self._settle_if_stopping()
             raise
         else:
-            await self._settle_if_stopping()
+            if shutdown.requested():  # tested here: no coroutine per call while serving
+                await self._settle_if_stopping()
         finally:
             shutdown.call_ended()
 
