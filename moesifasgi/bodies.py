@@ -133,8 +133,8 @@ def _gunzip(data: bytes, limit: int) -> tuple[bytes, bool] | None:
     defuses decompression bombs.
 
     Linear in the input: it is never copied, only sliced by position (the
-    rest of the buffer used to be copied after every member: 215 ms for
-    256 KB of tiny members). zlib still copies what it was fed past a member's
+    rest of the buffer used to be copied after every member, quadratic in
+    the number of tiny members). zlib still copies what it was fed past a member's
     end (``unused_data``, under 16 KB), which MAX_GZIP_MEMBERS bounds.
     """
     limit = max(1, limit)  # max_length=0 would mean "unlimited" to zlib
