@@ -57,7 +57,8 @@ class AppServer:
     def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn",
                  port: Optional[int] = None, log_path: Optional[str] = None) -> None:
         self.port = port or free_port()
-        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE, **env)
+        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE)
+        full_env.update(env)  # may set PYTHONPATH: another checkout's package ahead of the installed one
         if server == "gunicorn":
             cmd: List[str] = [
                 python, "-m", "gunicorn", "bench_app:app", "-k", "uvicorn.workers.UvicornWorker",
@@ -88,10 +89,10 @@ class AppServer:
     def pids(self) -> List[int]:
         """The server process and its workers (not the flusher helper a worker starts)."""
         return [self.proc.pid] + [pid for pid, ppid, args in self._session()
-                                  if ppid == self.proc.pid and "moesifasgi_flush.helper" not in args]
+                                  if ppid == self.proc.pid and "moesifasgi.delivery.helper" not in args]
 
     def helper_pids(self) -> List[int]:
-        return [pid for pid, _, args in self._session() if "moesifasgi_flush.helper" in args]
+        return [pid for pid, _, args in self._session() if "moesifasgi.delivery.helper" in args]
 
     def worker_pids(self) -> List[int]:
         """The worker processes (children of the server process)."""

@@ -1,19 +1,51 @@
 """The FastAPI app every benchmark serves, with or without a Moesif middleware.
 
-BENCH_MODE=bare|ours|original picks the middleware; MOESIF_BASE_URI points it at
-the loopback collector; MOESIF_QUEUE_PATH is where ours keeps its queue; MOESIF_DURABILITY and
-MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QUEUE_SIZE (ours only).
+BENCH_MODE=bare|ours|original|apitally|otel picks the middleware; MOESIF_BASE_URI points
+ours and the original at the loopback collector; MOESIF_QUEUE_PATH is where ours keeps its
+queue; MOESIF_DURABILITY and MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QUEUE_SIZE
+(ours only). BENCH_CALLBACKS=1 gives ours and the original a SKIP and an IDENTIFY_USER
+callback (what a typical integration has). The peers export to BENCH_OTLP_ENDPOINT, a
+loopback OTLP/HTTP sink: apitally with request and response headers and bodies captured,
+OpenTelemetry's ASGI middleware with a BatchSpanProcessor and the OTLP/HTTP exporter.
 """
 from __future__ import annotations
 
 import os
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 MODE = os.environ.get("BENCH_MODE", "bare")
 
+
+def _name_os_threads() -> None:
+    """Give every thread started from here on its Python name at the OS level (Python
+    3.11 does not), so that the benchmark can read each thread's CPU from
+    /proc/<pid>/task/<tid>/comm: the queue writer, the peers' exporters."""
+    import ctypes
+    import sys
+    import threading
+
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return
+
+    def name_this_thread(frame, event, arg):  # a profile hook runs first in the new thread
+        sys.setprofile(None)
+        prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)   # PR_SET_NAME
+
+    threading.setprofile(name_this_thread)
+
+
+_name_os_threads()
+
 app = FastAPI()
+
+
+@app.get("/hello")
+async def hello():
+    return PlainTextResponse("hello")
 
 
 @app.get("/json")
@@ -35,6 +67,37 @@ async def stream():
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+def _skip(request, response) -> bool:
+    return request.url.path == "/health"
+
+
+def _identify_user(request, response):
+    return request.headers.get("x-user-id")
+
+
+if MODE == "apitally":
+    from apitally.fastapi import init as apitally_init
+
+    # The endpoint comes from APITALLY_OTLP_ENDPOINT (set by the benchmark); the token
+    # only has to look like one.
+    os.environ.setdefault("APITALLY_OTLP_ENDPOINT", os.environ.get("BENCH_OTLP_ENDPOINT", "http://127.0.0.1:9"))
+    apitally_init(app, write_token="apt_" + "b" * 24, env="bench",
+                  capture_request_headers=True, capture_request_body=True,
+                  capture_response_headers=True, capture_response_body=True, capture_logs=False)
+elif MODE == "otel":
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    _provider = TracerProvider(resource=Resource.create({"service.name": "bench-app"}))
+    _endpoint = os.environ.get("BENCH_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_endpoint + "/v1/traces")))
+    trace.set_tracer_provider(_provider)
+    app.add_middleware(OpenTelemetryMiddleware)
+
 if MODE in ("ours", "original"):
     from moesifasgi import MoesifMiddleware
 
@@ -43,6 +106,9 @@ if MODE in ("ours", "original"):
         "BASE_URI": os.environ.get("MOESIF_BASE_URI", "http://127.0.0.1:9"),
         "LOG_BODY": True,
     }
+    if os.environ.get("BENCH_CALLBACKS"):
+        settings["SKIP"] = _skip
+        settings["IDENTIFY_USER"] = _identify_user
     if MODE == "ours":
         settings["QUEUE_PATH"] = os.environ["MOESIF_QUEUE_PATH"]
         if os.environ.get("MOESIF_EVENT_QUEUE_SIZE"):
@@ -70,6 +136,6 @@ if os.environ.get("BENCH_STATS"):
 if os.environ.get("BENCH_NORECORD"):
     from moesifasgi.middleware import MoesifMiddleware as _M
 
-    async def _noop(self, exchange):
-        return None
-    _M._record = _noop
+    async def _noop(self, exchange, strict=None):
+        exchange.recorded = True
+    _M._finish = _noop

@@ -1,15 +1,16 @@
 """Per-request capture: what one HTTP exchange looked like on the wire.
 
 An `Exchange` is created for each request and lives only as long as it. It
-copies the request body as the app reads it (never reading ahead of the app)
-and the response status, headers and body as the app sends them, keeping at
+copies the request body as the app reads it (reading it ahead of the app only
+when its declared length is within the cap, see `reads_ahead`) and the response status, headers and body as the app sends them, keeping at
 most `limit` bytes of each body so that memory per request stays bounded.
 """
 from __future__ import annotations
 
 import random
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from collections import deque
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from .asgi_types import Message, Receive, Scope
 from .bodies import BodyBuffer, MultipartSummary, is_multipart
@@ -119,7 +120,9 @@ class Exchange:
         # after a crash is deduplicated by Moesif; the header is what
         # DISABLED_TRANSACTION_ID turns off.
         self.transaction_header = use_transaction_id
-        incoming = self.request_headers.get(TRANSACTION_HEADER, "").strip() if use_transaction_id else ""
+        incoming = self.request_headers.get(TRANSACTION_HEADER) if use_transaction_id else None
+        if incoming:
+            incoming = incoming.strip()
         # An id the caller already chose (e.g. an upstream service that also
         # reports to Moesif) is kept, so both sides of the call share it.
         self.transaction_id = incoming[:128] if incoming else new_transaction_id()
@@ -167,6 +170,48 @@ class Exchange:
                     body.append(chunk)
         return message
 
+    def reads_ahead(self) -> bool:
+        """True when the whole request body should be read before the app runs: a
+        declared Content-Length within the cap, and not a multipart upload (those
+        stream to the app; only their summary is kept)."""
+        length = self.request_headers.get("content-length")
+        if not length:
+            return False
+        length = length.strip()
+        if not length.isdigit() or not 0 < int(length) <= self.body_limit:
+            return False
+        return not is_multipart(self.request_headers.get("content-type"))
+
+    async def read_ahead(self) -> Receive:
+        """Read (and capture) the request body now; return the `receive` for the app,
+        which replays the very same messages, then reads on."""
+        messages: Deque[Message] = deque()
+        failure: List[Exception] = []
+        size = 0
+        try:
+            while True:
+                message = await self.receive()
+                messages.append(message)
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break  # the whole body, or http.disconnect: the app will see it too
+                size += len(message.get("body", b""))
+                if size > self.body_limit:
+                    break  # a client sending more than it declared: stream the rest
+        except Exception as exc:
+            # The server's receive failed: the app gets what came before, then
+            # the very same error, where it would have met it.
+            failure.append(exc)
+        receive = self.receive
+
+        async def replay() -> Message:
+            if messages:
+                return messages.popleft()
+            if failure:
+                raise failure.pop()
+            return await receive()
+
+        return replay
+
     def _new_request_body(self) -> Union[BodyBuffer, MultipartSummary]:
         content_type = self.request_headers.get("content-type")
         if is_multipart(content_type):
@@ -179,11 +224,15 @@ class Exchange:
         """Note status and headers; return the message to send (with our id header)."""
         self.response_started = True
         self.status = int(message.get("status", 200))
-        headers = list(message.get("headers") or [])
-        if self.transaction_header and _TRANSACTION_HEADER_BYTES not in {name.lower() for name, _ in headers}:
-            headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
-            message = dict(message)
-            message["headers"] = headers
+        headers = list(message.get("headers") or ())
+        if self.transaction_header:
+            for name, _ in headers:
+                if name.lower() == _TRANSACTION_HEADER_BYTES:
+                    break  # the app set its own: sent as it is
+            else:
+                headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
+                message = dict(message)
+                message["headers"] = headers
         self.response_raw_headers = headers
         return message
 

@@ -24,10 +24,13 @@ logger = logging.getLogger(__name__)
 # Forwarded header last; both are handled by their own parsers.
 _FIRST = "x-client-ip"  # Amazon EC2, Heroku and others
 _LIST = "x-forwarded-for"  # load balancers: "client, proxy1, proxy2"
+# The original package (1.1.8) reads true-client-ip right after
+# cf-connecting-ip and knows no fastly-client-ip: a request carrying both gets
+# the same address as there, and Fastly's header still counts when alone.
 _SINGLE_AFTER_LIST = (
     "cf-connecting-ip",  # Cloudflare
-    "fastly-client-ip",  # Fastly
     "true-client-ip",  # Akamai, Cloudflare Enterprise
+    "fastly-client-ip",  # Fastly
     "x-real-ip",  # nginx
     "x-cluster-client-ip",  # Rackspace LB, Riverbed Stingray
     "x-forwarded",

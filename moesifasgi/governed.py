@@ -15,12 +15,13 @@ read, and the app then receives the very same messages, replayed.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, List, Optional, Tuple
 
 from . import jsoncodec
 from .asgi_types import Message, Receive, Send
 from .bodies import encode_body
-from .callbacks import CallbackError, invoke, request_for
+from .callbacks import CallbackTimeout, invoke, request_for
 from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import route_of
@@ -72,12 +73,13 @@ async def check(rules: GovernanceRules, exchange: Exchange, receive: Receive,
                 # Starlette's cache for body()/json(), as request_for uses it.
                 request._body = raw if raw is not None else b""
         if rules.needs_user:
-            user_id = await _identify("IDENTIFY_USER", settings.identify_user, request)
+            user_id = await _identify("IDENTIFY_USER", settings.identify_user, request, settings.callback_timeout)
             if not user_id:
                 user_id = user_id_from_authorization(
                     headers, settings.authorization_header_names, settings.authorization_user_id_field)
         if rules.needs_company:
-            company_id = await _identify("IDENTIFY_COMPANY", settings.identify_company, request)
+            company_id = await _identify("IDENTIFY_COMPANY", settings.identify_company, request,
+                                         settings.callback_timeout)
     decision = rules.evaluate(
         verb=scope.get("method", "GET"),
         route=route_of(exchange.uri),
@@ -90,15 +92,16 @@ async def check(rules: GovernanceRules, exchange: Exchange, receive: Receive,
     return decision, receive
 
 
-async def _identify(name: str, callback: Any, request: Any) -> Any:
+async def _identify(name: str, callback: Any, request: Any, timeout: float) -> Any:
     if callback is None:
         return None
     try:
-        return await invoke(name, callback, request, None)
-    except CallbackError as exc:
+        return await invoke(callback, request, None, deadline=time.monotonic() + timeout)
+    except Exception as exc:
         # The original treats a failing callback as "not identified" here too.
-        problems.report(f"governance-{name}", "moesifasgi: %s while applying governance rules; "
-                        "the call is treated as unidentified", exc)
+        what = "did not finish in time" if isinstance(exc, CallbackTimeout) else f"raised {type(exc).__name__}: {exc}"
+        problems.report(f"governance-{name}", "moesifasgi: %s %s while applying governance rules; "
+                        "the call is treated as unidentified", name, what)
         return None
 
 

@@ -27,7 +27,9 @@ def _reject_constant(name: str) -> Any:
 _STDLIB_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 # ASCII output: a lone surrogate becomes an escape instead of failing later
 # inside SQLite's UTF-8 conversion.
-_stdlib_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+# allow_nan=False: NaN is not JSON and Moesif would refuse the batch; the caller
+# decides what to store instead (see pipeline.EventPipeline.encode).
+_stdlib_encode = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False).encode
 
 
 def stdlib_loads(data: Union[bytes, str]) -> Any:
@@ -47,7 +49,11 @@ def loads(data: Union[bytes, str]) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text; unknown types become their str()."""
+    """Compact JSON text; unknown types become their str().
+
+    Raises ValueError (NaN, a value that contains itself), TypeError or
+    RecursionError for what neither encoder can write as valid JSON.
+    """
     if orjson is not None:
         try:
             return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")

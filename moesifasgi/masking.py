@@ -2,11 +2,12 @@
 
 As in the original package, the callback receives a `moesifapi.models.EventModel`
 (so `event.response.body['password'] = None` works) and returns it. Anything else
-it returns, or an exception, drops the event: it is never written unmasked.
+it returns, an exception or a timeout raises here, and the pipeline records a
+minimal event instead: the unmasked one is never written.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from moesifapi.models import EventModel, EventRequestModel, EventResponseModel
 from moesifapi.models.base_model import BaseModel
@@ -48,16 +49,16 @@ def from_model(model: BaseModel) -> Dict[str, Any]:
     return event
 
 
-async def apply_mask(mask: Callable[..., Any], event: Dict[str, Any]) -> Dict[str, Any]:
+async def apply_mask(mask: Callable[..., Any], event: Dict[str, Any], deadline: Optional[float] = None) -> Dict[str, Any]:
     transaction_id = event.get("transaction_id")
-    result = await invoke("MASK_EVENT_MODEL", mask, to_model(event))
+    result = await invoke(mask, to_model(event), deadline=deadline)
     if not isinstance(result, BaseModel) or not hasattr(result, "request"):
         raise MaskingError(
-            f"MASK_EVENT_MODEL must return the event it was given, got {type(result).__name__}; event dropped"
+            f"MASK_EVENT_MODEL must return the event it was given, got {type(result).__name__}"
         )
     masked = from_model(result)
     if not isinstance(masked.get("request"), dict) or not isinstance(masked.get("response"), dict):
-        raise MaskingError("MASK_EVENT_MODEL removed the event's request or response; event dropped")
+        raise MaskingError("MASK_EVENT_MODEL removed the event's request or response")
     # The id is what makes a re-post after a crash safe; masking may not lose it.
     masked["transaction_id"] = masked.get("transaction_id") or transaction_id
     return masked

@@ -3,32 +3,46 @@
 The app's messages pass through unchanged (apart from the added
 X-Moesif-Transaction-Id response header); the request body is copied as the app
 reads it and the response as the app sends it. When the last response chunk has
-gone to the client, the call becomes an event that is sampled, masked and handed
-to this process's queue writer. With DURABILITY="strict" the last chunk is held
-until the event is committed.
+gone to the client and the app's task is done (its background tasks included),
+the call becomes an event that is sampled, masked and handed to this process's
+queue writer: recording never delays the app's own work. With
+DURABILITY="strict" the last chunk is held until the event is committed (at
+most CALLBACK_TIMEOUT for the callbacks, then the commit).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Future
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
-from .callbacks import CallbackError, invoke, request_for, response_for
+from .callbacks import request_for, response_for
 from .capture import Exchange
 from .diagnostics import problems
-from .event_builder import build_event, route_of
+from .event_builder import build_event
 from .governed import adding_headers, check, respond_blocked
-from . import outgoing, profiles
+from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
-from .masking import MaskingError
 from .pipeline import EventPipeline
-from .queue_writer import close_all
+from .queue_writer import close_all, flush_all
+from .recording import CallbackSet, Identity, RecordingSequence
 from .settings import Settings, parse_settings
-from moesifasgi_flush.embedded import ensure_started as ensure_flusher_started, stop_embedded
+from .sync_bridge import is_async_callable, run_without_loop, running_loop, spawn, wait_background
+from .delivery.embedded import ensure_started as ensure_flusher_started, stop_embedded
 
 logger = logging.getLogger("moesifasgi")
+
+# How long lifespan shutdown waits for recordings still running in tasks of
+# their own (those of calls the server cancelled) before committing.
+SHUTDOWN_RECORDING_WAIT = 5.0
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError(
+        "moesifasgi: this MoesifMiddleware was built without an app (fine for update_user & co.); "
+        "to record calls, wrap the app: MoesifMiddleware(app, settings={...}) or app.add_middleware(...)")
 
 
 class MoesifMiddleware:
@@ -37,16 +51,21 @@ class MoesifMiddleware:
     Usage: ``app.add_middleware(MoesifMiddleware, settings={"APPLICATION_ID": "..."})``.
     """
 
-    def __init__(self, app: ASGIApp, settings: Optional[Dict[str, Any]] = None) -> None:
-        self.app = app
+    def __init__(self, app: Optional[ASGIApp] = None, settings: Optional[Dict[str, Any]] = None) -> None:
+        if isinstance(app, Mapping) and not isinstance(settings, Mapping):
+            # The original's signature was (settings, app): MoesifMiddleware(settings)
+            # for profile updates, or MoesifMiddleware(settings, app).
+            app, settings = settings, app
+        self.app = app if app is not None else _no_app
         self.settings: Settings = parse_settings(settings)
         if self.settings.debug:
             logger.setLevel(logging.DEBUG)
         self.pipeline = EventPipeline(self.settings)
         s = self.settings
-        self._needs_request = any(
-            f is not None for f in (s.skip, s.identify_user, s.identify_company, s.get_metadata, s.get_session_token)
-        )
+        callbacks = CallbackSet("", s.skip, s.identify_user, s.identify_company, s.get_session_token, s.get_metadata)
+        self.sequence = RecordingSequence(self.pipeline, callbacks, s.callback_timeout)
+        # Whether recording can ever wait for something (an async callback).
+        self._may_wait = callbacks.any_async() or is_async_callable(s.mask_event_model)
         self._strict = s.durability == "strict"
         profiles.use_queue_path(s.queue_path)
         if s.capture_outgoing_requests:
@@ -78,9 +97,33 @@ class MoesifMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Apps without lifespan start the flusher on their first request; after
-        # that this is one dict lookup.
-        ensure_flusher_started(self.settings)
+        # Counted until the call is recorded (or handed to a task of its own when
+        # cancelled), so that lifespan shutdown can wait for it and a signalled
+        # process knows whether a call will still commit its group (shutdown.py).
+        shutdown.watch_signals()
+        shutdown.call_started()
+        try:
+            # Apps without lifespan start the flusher on their first request;
+            # after that this is one dict lookup.
+            ensure_flusher_started(self.settings)
+            await self._http(scope, receive, send)
+        except Exception:
+            await self._settle_if_stopping()
+            raise
+        else:
+            await self._settle_if_stopping()
+        finally:
+            shutdown.call_ended()
+
+    async def _settle_if_stopping(self) -> None:
+        # Once the process is stopping, a call returns to the server only when
+        # what it queued is committed: servers wait for their calls before they
+        # exit. Here, outside the app, because Django cancels its own request
+        # task as soon as the response is sent.
+        if shutdown.requested():
+            await asyncio.get_running_loop().run_in_executor(None, flush_all, shutdown.CALL_COMMIT_TIMEOUT)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             exchange = Exchange(
                 scope,
@@ -89,26 +132,28 @@ class MoesifMiddleware:
                 body_limit=self.settings.max_body_bytes,
                 use_transaction_id=not self.settings.disabled_transaction_id,
             )
+            app_receive = exchange.receive if exchange.log_body else receive
+            if exchange.log_body and exchange.reads_ahead():
+                # As the original did, but only within the cap: the body is
+                # recorded even when the app never reads it (a 404, an auth
+                # rejection), and the app gets the same messages, replayed.
+                app_receive = await exchange.read_ahead()
         except Exception:
             self._report_internal_error()
             await self.app(scope, receive, send)
             return
 
+        strict = self._strict
+
         async def send_wrapper(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.start":
                 message = exchange.on_response_start(message)
-            elif kind == "http.response.body" and exchange.on_response_body(message):
-                if self._strict:
-                    await self._finish(exchange)
-                    await send(message)
-                else:
-                    await send(message)
-                    await self._finish(exchange)
-                return
+            elif kind == "http.response.body" and exchange.on_response_body(message) and strict:
+                # The client gets the last chunk only once the event is committed.
+                await self._finish(exchange)
             await send(message)
 
-        app_receive = exchange.receive if exchange.log_body else receive
         app_send: Send = send_wrapper
         rules = self.pipeline.writer.shared.governance
         if rules is not None:
@@ -122,11 +167,22 @@ class MoesifMiddleware:
                 # Answered through send_wrapper: recorded, with the transaction id.
                 exchange.blocked_by = decision.blocked_by
                 await respond_blocked(send_wrapper, decision)
+                if not exchange.recorded:
+                    await self._finish(exchange)
                 return
             if decision is not None:
                 app_send = adding_headers(send_wrapper, decision)
         try:
             await self.app(scope, app_receive, app_send)
+        except asyncio.CancelledError:
+            # The server cancelled the app (a shutdown deadline, daphne on
+            # SIGTERM): record what was sent, without waiting in a task that is
+            # being cancelled, then let the cancellation go on.
+            if not exchange.recorded:
+                if exchange.status is None:
+                    exchange.status = 500
+                self._finish_detached(exchange)
+            raise
         except Exception:
             # The app's exception goes on untouched; the client will see a 500
             # (or a cut-off response), and that is what the event records.
@@ -135,9 +191,19 @@ class MoesifMiddleware:
                     exchange.status = 500
                 await self._finish(exchange)
             raise
+        # In batched mode the event is built here, once the app's task is done:
+        # the last response chunk and the background tasks that follow it never
+        # wait for callbacks or encoding. Also reached when the app returned
+        # without sending the last chunk (client gone).
         if not exchange.recorded and exchange.response_started:
-            # The app returned without sending the last chunk (client gone).
-            await self._finish(exchange)
+            try:
+                await self._finish(exchange)
+            except asyncio.CancelledError:
+                # Cancelled while awaiting a callback: nothing was queued yet (the
+                # hand-over to the writer has no await after it), so start over
+                # where the cancellation cannot reach.
+                self._finish_detached(exchange)
+                raise
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -145,84 +211,74 @@ class MoesifMiddleware:
             if kind == "lifespan.startup.complete":
                 ensure_flusher_started(self.settings)
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                # Commit what this worker still holds, then hand the lease back so
-                # another worker (or the next start) drains without waiting for it
-                # to expire.
+                # Finish the recordings still running (of cancelled calls), commit
+                # what this worker still holds, then hand the lease back so
+                # another worker (or the next start) drains without waiting for
+                # it to expire.
+                await self.wait_for_recordings(SHUTDOWN_RECORDING_WAIT)
                 await asyncio.get_running_loop().run_in_executor(None, close_all)
                 await stop_embedded()
             await send(message)
 
         return lifespan_send
 
-    async def _finish(self, exchange: Exchange) -> None:
+    async def wait_for_recordings(self, timeout: float) -> bool:
+        """Wait, at most `timeout` seconds, until every call this middleware has seen
+        is recorded: calls still running (a server that cancelled them unwinds
+        them now) and recordings running in tasks of their own. True if all were."""
+        deadline = time.monotonic() + timeout
+        while shutdown.calls_in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return await wait_background(max(0.0, deadline - time.monotonic())) and not shutdown.calls_in_flight()
+
+    async def _finish(self, exchange: Exchange, strict: Optional[bool] = None) -> None:
+        """Record the exchange once (the sequence never raises)."""
         exchange.recorded = True
-        try:
-            await self._record(exchange)
-        except CallbackError as exc:
-            self.pipeline.drop(
-                f"callback-{exc.name}", "moesifasgi: %s; the event was dropped", exc
+        s = self.settings
+
+        def arguments() -> Tuple[Any, Any]:
+            return request_for(exchange), response_for(exchange)
+
+        def build(identity: Identity) -> Dict[str, Any]:
+            return build_event(
+                exchange,
+                api_version=s.api_version,
+                user_id=identity.user_id,
+                company_id=identity.company_id,
+                session_token=identity.session_token,
+                metadata=identity.metadata,
+                blocked_by=exchange.blocked_by,
+                weight=identity.weight,
             )
-        except MaskingError as exc:
-            self.pipeline.drop("masking", "moesifasgi: %s", exc)
+
+        def fallback_user_id() -> Optional[str]:
+            return user_id_from_authorization(
+                exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field)
+
+        try:
+            uri, ip_address = exchange.uri, exchange.ip_address
+        except Exception:  # a scope no server should send: still never the app's problem
+            self._report_internal_error()
+            return
+        await self.sequence.record(
+            arguments, build,
+            verb=exchange.scope.get("method", "GET"), uri=uri, ip_address=ip_address,
+            status=exchange.status, strict=self._strict if strict is None else strict,
+            fallback_user_id=fallback_user_id,
+        )
+
+    def _finish_detached(self, exchange: Exchange) -> None:
+        """Record from a task being cancelled: right here when nothing can wait,
+        else in a task of its own that lifespan shutdown waits for."""
+        try:
+            if not self._may_wait:
+                run_without_loop(self._finish(exchange, strict=False))
+                return
+            loop = running_loop()
+            if loop is not None:
+                spawn(loop, self._finish(exchange, strict=False))
         except Exception:
             self._report_internal_error()
 
     def _report_internal_error(self) -> None:
         self.pipeline.internal_error("internal", "moesifasgi: unexpected error while recording a call; event dropped")
-
-    async def _record(self, exchange: Exchange) -> None:
-        s = self.settings
-        request = response = None
-        if self._needs_request:
-            request, response = request_for(exchange), response_for(exchange)
-        if s.skip is not None and await invoke("SKIP", s.skip, request, response):
-            return
-
-        user_id = None
-        if s.identify_user is not None:
-            user_id = await invoke("IDENTIFY_USER", s.identify_user, request, response)
-        if not user_id:
-            user_id = user_id_from_authorization(
-                exchange.request_headers, s.authorization_header_names, s.authorization_user_id_field
-            )
-        company_id = None
-        if s.identify_company is not None:
-            company_id = await invoke("IDENTIFY_COMPANY", s.identify_company, request, response)
-        user_id = None if user_id is None else str(user_id)
-        company_id = None if company_id is None else str(company_id)
-
-        rate = 100.0
-        writer = self.pipeline.writer
-        if writer.shared.sampling is not None:
-            rate = self.pipeline.sampling_rate(
-                verb=exchange.scope.get("method", "GET"),
-                route=route_of(exchange.uri),
-                ip_address=exchange.ip_address,
-                status=exchange.status,
-                user_id=user_id,
-                company_id=company_id,
-            )
-            if not self.pipeline.sampled_in(rate):
-                return
-
-        session_token = None
-        if s.get_session_token is not None:
-            session_token = await invoke("GET_SESSION_TOKEN", s.get_session_token, request, response)
-        metadata = None
-        if s.get_metadata is not None:
-            metadata = await invoke("GET_METADATA", s.get_metadata, request, response)
-
-        event = build_event(
-            exchange,
-            api_version=s.api_version,
-            user_id=user_id,
-            company_id=company_id,
-            session_token=None if session_token is None else str(session_token),
-            metadata=metadata,
-            blocked_by=exchange.blocked_by,
-            weight=self.pipeline.weight(rate),
-        )
-        if s.debug:
-            logger.debug("moesifasgi: queueing event %s %s -> %s", event["request"]["verb"],
-                         event["request"]["uri"], event["response"]["status"])
-        await self.pipeline.persist(event, writer, strict=self._strict)

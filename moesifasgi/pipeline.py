@@ -10,17 +10,17 @@ import base64
 import logging
 import random
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import jsoncodec
 from .bodies import truncation_marker
-from .callbacks import CallbackError
+from .callbacks import CallbackTimeout
 from .diagnostics import problems
+from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
 from .queue_writer import QueueWriter, current_pid, writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
-from .sync_bridge import is_async_callable, run_on_private_loop, run_without_loop, running_loop, spawn
 
 # Moesif rejects events over 1 MB; keep a margin for the batch framing.
 MAX_EVENT_CHARS = 1_000_000 - 4_096
@@ -34,13 +34,16 @@ class EventPipeline:
         self.settings = settings
         self._writer: Optional[QueueWriter] = None
         self._writer_pid = 0
+        # None when there is nothing to mask: persist() then pays one test.
+        self._incoming_masker, self._outgoing_masker = maskers_for(settings)
 
     @property
     def writer(self) -> QueueWriter:
         # Looked up per process: after a fork the parent's writer is not ours.
         pid = current_pid()
         if self._writer is None or self._writer_pid != pid or self._writer.closed:
-            self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size)
+            self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size,
+                                      self.settings.application_id)
             self._writer_pid = pid
         return self._writer
 
@@ -63,33 +66,61 @@ class EventPipeline:
     def weight(rate: float) -> int:
         return weight_for(rate)
 
-    def drop(self, reason_key: str, message: str, *args: Any) -> None:
-        """Count an event lost on our side, and say why (once, not per request)."""
-        self.writer.count_drop()
-        problems.report(reason_key, message, *args)
+    def drop(self, reason: str, message: str, *args: Any) -> None:
+        """Count an event lost on our side, by reason, and say why (once, not per request)."""
+        self.writer.count_drop(reason=reason)
+        problems.report(reason, message, *args)
+
+    def problem(self, reason: str, message: str, *args: Any) -> None:
+        """Count, by reason, a problem the event survived (a field left out, a stand-in
+        value), and say so once per interval."""
+        try:
+            self.writer.count_problem(reason)
+        except Exception:
+            pass
+        problems.report(reason, message, *args)
 
     def internal_error(self, reason_key: str, message: str) -> None:
         """Count a drop and log the exception being handled (once per interval).
 
-        For our own bugs: counting must not raise in turn, since the writer
-        itself may be what failed.
+        The one guard for our own bugs, incoming and outgoing: counting must not
+        raise in turn, since the writer itself may be what failed.
         """
         try:
-            self.writer.count_drop()
+            self.writer.count_drop(reason=reason_key)
         except Exception:
             pass
         problems.report(reason_key, message, level=logging.ERROR, exc_info=True)
 
-    async def persist(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None, *, strict: bool = False) -> bool:
-        """Mask, encode and queue `event`; True once it is queued (strict: committed)."""
+    async def persist(
+        self, event: Dict[str, Any], writer: Optional[QueueWriter] = None, *, strict: bool = False,
+        deadline: Optional[float] = None,
+    ) -> bool:
+        """Mask, encode and queue `event`; True once it is queued (strict: committed).
+
+        A MASK_EVENT_MODEL that raises, times out or returns something else never
+        lets the unmasked event out: a minimal event (no headers, no bodies, no
+        metadata) is queued in its place and the failure counted.
+        """
         writer = writer or self.writer
-        if self.settings.mask_event_model is not None:
-            event = await apply_mask(self.settings.mask_event_model, event)
-        text = encode_event(event)
-        if text is None:
-            self.drop("too-large", "moesifasgi: an event stayed over Moesif's 1 MB limit without its bodies; dropped")
+        mask = self.settings.mask_event_model
+        if mask is None and not strict:
+            return self.persist_now(event, writer)
+        # The declarative masks first, so MASK_EVENT_MODEL (and any failure report) sees the masked event.
+        masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
+        if masker is not None:
+            masker.apply(event)
+        if mask is not None:
+            try:
+                event = await apply_mask(mask, event, deadline)
+            except Exception as exc:
+                self.problem(
+                    "mask-failed", "moesifasgi: MASK_EVENT_MODEL failed (%s); a minimal event without headers, "
+                    "bodies or metadata was recorded instead", _describe(exc))
+                event = minimal_event(event)
+        row = self._row(event)
+        if row is None:
             return False
-        row = (str(event["transaction_id"]), time.time(), text)
         if not strict:
             return writer.submit(row)
         loop = asyncio.get_running_loop()
@@ -110,36 +141,117 @@ class EventPipeline:
             )
             return False
 
-    def persist_sync(self, event: Dict[str, Any]) -> bool:
-        """persist() for callers with no event loop of their own (outgoing calls from
-        sync code and threads); never strict.
+    def persist_now(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None) -> bool:
+        """persist() without MASK_EVENT_MODEL and not strict: nothing to wait for, so
+        no coroutine (the common case, once per call on the app's loop)."""
+        masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
+        if masker is not None:
+            masker.apply(event)
+        row = self._row(event)
+        return row is not None and (writer or self.writer).submit(row)
 
-        A plain MASK_EVENT_MODEL is called right here. An `async def` one runs to
-        completion on a private event loop when this thread runs none; in the thread
-        of a running loop, waiting for it would block that loop, so a task on that
-        loop persists the event instead (True then means scheduled, and the task
-        reports its own failures). Otherwise raises what persist() raises.
-        """
-        mask = self.settings.mask_event_model
-        if mask is None or not is_async_callable(mask):
-            return run_without_loop(self.persist(event))
-        loop = running_loop()
-        if loop is None:
-            return run_on_private_loop(self.persist(event))
-        spawn(loop, self._persist_reporting(event))
-        return True
+    def _row(self, event: Dict[str, Any]) -> Optional[Tuple[str, float, str]]:
+        text = self.encode(event)
+        if text is None:
+            self.drop("too-large", "moesifasgi: an event stayed over Moesif's 1 MB limit without its bodies; dropped")
+            return None
+        return (str(event["transaction_id"]), time.time(), text)
 
-    async def _persist_reporting(self, event: Dict[str, Any]) -> None:
+    def encode(self, event: Dict[str, Any]) -> Optional[str]:
+        """encode_event(), with values that are not valid JSON replaced by marked stand-ins."""
         try:
-            await self.persist(event)
-        except CallbackError as exc:
-            self.drop(f"callback-{exc.name}", "moesifasgi: %s; the event was dropped", exc)
-        except MaskingError as exc:
-            self.drop("masking", "moesifasgi: %s", exc)
-        except Exception:
-            self.writer.count_drop()
-            problems.report("internal", "moesifasgi: unexpected error while recording a call; event dropped",
-                            level=logging.ERROR, exc_info=True)
+            return encode_event(event)
+        except (TypeError, ValueError, RecursionError):
+            pass
+        for reason, what in _repair(event):
+            self.problem(reason, "moesifasgi: %s was not valid JSON; it was stored in a marked, stringified form", what)
+        return encode_event(event)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, CallbackTimeout):
+        return "it did not finish within CALLBACK_TIMEOUT"
+    if isinstance(exc, MaskingError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _path_only(uri: Any) -> str:
+    # The query string may carry what the mask was meant to hide.
+    text = str(uri or "/")
+    for mark in ("?", "#"):
+        cut = text.find(mark)
+        if cut >= 0:
+            text = text[:cut]
+    return text
+
+
+def minimal_event(event: Dict[str, Any]) -> Dict[str, Any]:
+    """What is safe to record of an event its mask could not clean: the call's shape
+    and ids, nothing the app or its client wrote (headers, bodies, metadata)."""
+    request = event.get("request") if isinstance(event.get("request"), dict) else {}
+    response = event.get("response") if isinstance(event.get("response"), dict) else {}
+    minimal: Dict[str, Any] = {
+        "request": {
+            "time": request.get("time"),
+            "uri": _path_only(request.get("uri")),
+            "verb": request.get("verb", "GET"),
+            "headers": {},
+        },
+        "response": {"time": response.get("time"), "status": response.get("status", 500), "headers": {}},
+        "direction": event.get("direction", "Incoming"),
+        "transaction_id": event.get("transaction_id"),
+    }
+    for name in ("user_id", "company_id", "weight", "blocked_by"):
+        if event.get(name) is not None:
+            minimal[name] = event[name]
+    return minimal
+
+
+_MARK = "moesifasgi: not valid JSON, stored as text"
+
+
+def _stand_in(value: Any) -> Dict[str, Any]:
+    try:
+        text = repr(value)
+    except Exception:  # a value whose repr fails or recurses too deep
+        text = f"<{type(value).__name__}>"
+    return {"_moesifasgi": _MARK, "type": type(value).__name__, "text": text[:4096]}
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        _encode(value)
+        return True
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _repair(event: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """Replace, in place, each part of `event` that cannot be encoded as JSON; say which."""
+    repaired: List[Tuple[str, str]] = []
+    if "metadata" in event and not _json_ok(event["metadata"]):
+        event["metadata"] = _stand_in(event["metadata"])
+        repaired.append(("metadata-not-json", "the metadata (GET_METADATA)"))
+    for part in ("request", "response"):
+        section = event.get(part)
+        if not isinstance(section, dict):
+            continue
+        for key in list(section):
+            if _json_ok(section[key]):
+                continue
+            if key == "body":
+                text = jsoncodec.dumps(_stand_in(section["body"]))
+                section["body"] = base64.b64encode(text.encode("utf-8")).decode("ascii")
+                section["transfer_encoding"] = "base64"
+            else:
+                section[key] = _stand_in(section[key])
+            repaired.append((f"{part}-{key}-not-json", f"the {part} {key}"))
+    for key in list(event):
+        if key not in ("request", "response") and not _json_ok(event[key]):
+            event[key] = _stand_in(event[key])
+            repaired.append((f"{key}-not-json", f"the event's {key}"))
+    return repaired
 
 
 def _resolve(future: asyncio.Future, ok: bool) -> None:

@@ -4,8 +4,7 @@
     update_user({"user_id": "12345", "metadata": {"email": "a@example.com", "plan": "pro"}})
 
 The original package posted each update to Moesif at once, blocking the caller on
-HTTP. Here a profile is validated in the caller (a missing ``user_id`` /
-``company_id`` is a ``ValueError`` right away), then written to the ``profiles``
+HTTP. Here a profile is validated in the caller, then written to the ``profiles``
 table of the shared queue file, from which the flusher posts batches to
 ``/v1/users/batch`` and ``/v1/companies/batch``: updates survive restarts and
 Moesif outages.
@@ -19,6 +18,12 @@ them: that is logged, never raised), so async code that wants the commit can
 ``await asyncio.wrap_future(update_user(profile))``. Pending writes are finished
 at interpreter exit.
 
+They never raise into the app, as the original never did: a profile without its
+``user_id`` / ``company_id``, ``None``, ``{}`` or a value of the wrong type is left
+out, logged once per interval and counted (``profiles_dropped``, and
+``profile-invalid:user`` / ``profile-invalid:company`` in ``moesif-flush status``);
+the valid profiles of a batch are still queued.
+
 Which queue: the ``queue_path`` argument, else the one of the ``MoesifMiddleware``
 created in this process, else ``MOESIF_QUEUE_PATH``, else the default path
 derived from ``MOESIF_APPLICATION_ID``.
@@ -30,7 +35,6 @@ import datetime
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +44,7 @@ from . import storage
 from .diagnostics import problems
 from .event_builder import format_time
 from .settings import resolve_queue_path
+from .storage.queue_file import QueueFile, is_busy
 
 __all__ = [
     "MAX_PENDING_PROFILES",
@@ -76,23 +81,23 @@ def use_queue_path(path: str) -> None:
 
 
 def update_user(profile: Any, *, queue_path: Optional[str] = None) -> "Future[int]":
-    """Queue one user profile: a dict, a moesifapi ``UserModel`` or JSON text."""
-    return _queue("user", [profile], queue_path)
+    """Queue one user profile: a dict, a moesifapi ``UserModel`` or JSON text. Never raises."""
+    return _queue("user", profile, queue_path, batch=False)
 
 
 def update_users_batch(profiles: Iterable[Any], *, queue_path: Optional[str] = None) -> "Future[int]":
-    """Queue several user profiles; if one is invalid, none is queued."""
-    return _queue("user", _as_list(profiles, "user"), queue_path)
+    """Queue several user profiles; invalid ones are left out and counted. Never raises."""
+    return _queue("user", profiles, queue_path, batch=True)
 
 
 def update_company(profile: Any, *, queue_path: Optional[str] = None) -> "Future[int]":
-    """Queue one company profile: a dict, a moesifapi ``CompanyModel`` or JSON text."""
-    return _queue("company", [profile], queue_path)
+    """Queue one company profile: a dict, a moesifapi ``CompanyModel`` or JSON text. Never raises."""
+    return _queue("company", profile, queue_path, batch=False)
 
 
 def update_companies_batch(profiles: Iterable[Any], *, queue_path: Optional[str] = None) -> "Future[int]":
-    """Queue several company profiles; if one is invalid, none is queued."""
-    return _queue("company", _as_list(profiles, "company"), queue_path)
+    """Queue several company profiles; invalid ones are left out and counted. Never raises."""
+    return _queue("company", profiles, queue_path, batch=True)
 
 
 def flush_profiles(timeout: float = 5.0) -> bool:
@@ -156,7 +161,7 @@ def to_row(profile: Any, kind: str, now: float) -> ProfileRow:
 
 def _resolve(queue_path: Optional[str]) -> str:
     if queue_path:
-        return os.path.abspath(os.path.expanduser(queue_path))
+        return resolve_queue_path(queue_path, "")  # "~" never kept as a directory name
     if _registered:
         return _registered[-1]
     app_id = os.environ.get("MOESIF_APPLICATION_ID", "")
@@ -166,20 +171,57 @@ def _resolve(queue_path: Optional[str]) -> str:
                      "or set MOESIF_QUEUE_PATH")
 
 
-def _queue(kind: str, profiles: List[Any], queue_path: Optional[str]) -> "Future[int]":
+def _done(count: int) -> "Future[int]":
+    done: "Future[int]" = Future()
+    done.set_result(count)
+    return done
+
+
+def _queue(kind: str, given: Any, queue_path: Optional[str], *, batch: bool) -> "Future[int]":
+    try:
+        return _queue_valid(kind, given, queue_path, batch)
+    except Exception:  # our own bug: the caller's request must not become a 500
+        problems.report("profiles-internal", "moesifasgi: unexpected error while queueing %s profiles; "
+                        "they were dropped", kind, level=logging.ERROR, exc_info=True)
+        return _done(0)
+
+
+def _invalid(kind: str, reason: str) -> None:
+    problems.report(f"profile-invalid:{kind}", "moesifasgi: a %s profile was not queued: %s", kind, reason)
+
+
+def _queue_valid(kind: str, given: Any, queue_path: Optional[str], batch: bool) -> "Future[int]":
     now = time.time()
-    rows = [to_row(p, kind, now) for p in profiles]  # raises before anything is queued
-    path = _resolve(queue_path)
-    if not rows:
-        done: "Future[int]" = Future()
-        done.set_result(0)
-        return done
+    rows: List[ProfileRow] = []
+    invalid = 0
+    try:
+        candidates = _as_list(given, kind) if batch else [given]
+    except TypeError as exc:
+        candidates = []
+        invalid = 1
+        _invalid(kind, str(exc))
+    for profile in candidates:
+        try:
+            rows.append(to_row(profile, kind, now))
+        except (ValueError, TypeError) as exc:
+            invalid += 1
+            _invalid(kind, str(exc))
+    try:
+        path = _resolve(queue_path)
+    except ValueError as exc:
+        problems.report("profiles-no-queue", "%s; %d %s profile(s) dropped", exc, len(rows) + invalid, kind)
+        return _done(0)
+    if not rows and not invalid:
+        return _done(0)
+    # The invalid ones are counted in the queue file by the writer's thread,
+    # which owns the file's connection.
+    rejected = (kind, invalid)
     writer = _writer()
     try:
-        future = writer.submit(path, rows)
+        future = writer.submit(path, rows, rejected)
     except RuntimeError:  # the interpreter is shutting down (an atexit hook): write here
         future = Future()
-        future.set_result(writer._write(path, rows))
+        future.set_result(writer._write(path, rows, rejected))
         return future
     try:
         asyncio.get_running_loop()
@@ -196,33 +238,47 @@ def _queue(kind: str, profiles: List[Any], queue_path: Optional[str]) -> "Future
 class _ProfileWriter:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesifasgi-profiles")
-        self._conns: Dict[str, sqlite3.Connection] = {}  # used only on the executor's thread
+        # Used only on the executor's thread. A QueueFile reopens a replaced file
+        # and moves a corrupt one aside, as for events.
+        self._files: Dict[str, QueueFile] = {}
 
-    def submit(self, path: Optional[str], rows: List[ProfileRow]) -> "Future[int]":
-        return self._executor.submit(self._write, path, rows)
+    def submit(self, path: Optional[str], rows: List[ProfileRow],
+               rejected: Tuple[str, int] = ("user", 0)) -> "Future[int]":
+        return self._executor.submit(self._write, path, rows, rejected)
 
-    def _write(self, path: Optional[str], rows: List[ProfileRow]) -> int:
-        if path is None or not rows:
+    def _write(self, path: Optional[str], rows: List[ProfileRow], rejected: Tuple[str, int] = ("user", 0)) -> int:
+        if path is None or not (rows or rejected[1]):
             return 0
         for attempt in range(_WRITE_ATTEMPTS):
             try:
-                return self._insert(path, rows)
+                return self._insert(path, rows, rejected)
             except Exception as exc:
-                self._forget(path)
-                busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-                if busy and attempt + 1 < _WRITE_ATTEMPTS:
-                    continue  # another process held the lock past the busy timeout
+                # Locked past the busy timeout, or a corrupt file just moved aside: again.
+                retry = self._file(path).recover(exc) or is_busy(exc)
+                if retry and attempt + 1 < _WRITE_ATTEMPTS:
+                    continue
                 problems.report(f"profiles-{type(exc).__name__}",
                                 "moesifasgi: cannot queue %d %s profile(s) in %s (%s: %s); they were dropped",
                                 len(rows), rows[0][0], path, type(exc).__name__, exc, level=logging.ERROR)
                 return 0
         return 0
 
-    def _insert(self, path: str, rows: List[ProfileRow]) -> int:
-        conn = self._conns.get(path)
-        if conn is None:
-            conn = self._conns[path] = storage.connect(path)
+    def _file(self, path: str) -> QueueFile:
+        file = self._files.get(path)
+        if file is None:
+            file = self._files[path] = QueueFile(path)
+        return file
+
+    def _insert(self, path: str, rows: List[ProfileRow], rejected: Tuple[str, int] = ("user", 0)) -> int:
+        conn = self._file(path).connection()
+        kind, invalid = rejected
         with storage.immediate(conn):
+            if invalid:
+                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dropped'", (invalid,))
+                conn.execute(
+                    "INSERT INTO problem_counts (reason, count, last_at) VALUES (?, ?, ?) ON CONFLICT (reason) "
+                    "DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at",
+                    (f"profile-invalid:{kind}", invalid, time.time()))
             pending = conn.execute("SELECT value FROM counters WHERE name = 'profiles_pending'").fetchone()[0]
             kept = rows[:max(0, MAX_PENDING_PROFILES - pending)]
             conn.executemany("INSERT INTO profiles (kind, profile_id, created_at, body) VALUES (?, ?, ?, ?)", kept)
@@ -233,14 +289,6 @@ class _ProfileWriter:
             problems.report("profiles-full", "moesifasgi: %d profile updates wait in %s; new ones are dropped "
                             "until the flusher catches up", MAX_PENDING_PROFILES, path)
         return len(kept)
-
-    def _forget(self, path: str) -> None:
-        conn = self._conns.pop(path, None)
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
 
 
 _instance: Optional[_ProfileWriter] = None

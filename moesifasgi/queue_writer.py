@@ -12,19 +12,19 @@ SQLite releases the GIL while it works, so the app's loop keeps serving.
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import os
-import signal
 import sqlite3
 import threading
 import time
 from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from . import jsoncodec, storage
+from . import shutdown, storage
 from .diagnostics import problems
 from .shared_state import SharedState
+from .storage import space
+from .storage.queue_file import QueueFile, is_busy
 
 logger = logging.getLogger("moesifasgi")
 
@@ -34,19 +34,46 @@ DoneCallback = Callable[[bool], None]
 
 COMMIT_INTERVAL = 0.01
 MAX_ROWS_PER_COMMIT = 500
-# Events held in memory while the file cannot take them (locked, being
-# recreated); beyond this they are dropped and counted rather than risk the
-# app's memory.
+# Held in memory while the file cannot take them (locked, being recreated);
+# beyond either bound new events are dropped and counted rather than risk the
+# app's memory. Bytes matter more than events: 50,000 events of 200 KB would
+# be 10 GB.
 MAX_BUFFERED = 50_000
-# Checked before every commit: events committed into a removed file are lost
-# silently, so the window must be as short as a stat() allows.
-INODE_CHECK_INTERVAL = 0.0
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+# What a buffered event costs beyond its JSON text (tuple, floats, deque slot).
+_ITEM_OVERHEAD = 200
+# Drops are written to the durable counter within about this long, also when
+# no event is being written (a broken mask drops every event: monitoring must
+# see it before the process dies).
+DROPS_INTERVAL = 1.0
 
-_INSERT_GROUP = (
-    "INSERT INTO events (transaction_id, created_at, body) "
-    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') "
-    "FROM json_each(?) ORDER BY key"
-)
+# A group is written with a few multi-row INSERTs of these sizes, largest first
+# (50 rows: 32 + 8 + 8 + 2), so sqlite3 keeps five prepared statements and
+# releases the GIL once per statement, not once per row: executemany's re-take
+# of the GIL for every row made the app's event loop hand it over each time, a
+# convoy that cost more than the writing. Bound parameters rather than one JSON
+# array unpacked by json_each: no escaping of each event's text into the array
+# and parsing it back three times per row (27-33 µs per 1.4 KB row against
+# 16-17, measured on the 2-core box). 128 rows x 4 parameters stays under
+# SQLite's oldest limit of 999 parameters per statement.
+_CHUNKS = (128, 32, 8, 2, 1)
+_INSERT_SQL = {
+    size: "INSERT INTO events (transaction_id, created_at, body, app) VALUES " + ",".join(["(?,?,?,?)"] * size)
+    for size in _CHUNKS
+}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: List[EventRow], app: Optional[int]) -> None:
+    """INSERT `rows` in order, tagged with `app`, in a few statements."""
+    start, total = 0, len(rows)
+    for size in _CHUNKS:
+        sql = _INSERT_SQL[size]
+        while total - start >= size:
+            params: List[object] = []
+            for transaction_id, created_at, body in rows[start:start + size]:
+                params += (transaction_id, created_at, body, app)
+            conn.execute(sql, params)
+            start += size
 
 
 class _Barrier:
@@ -60,22 +87,30 @@ _Item = Union[Tuple[EventRow, Optional[DoneCallback]], _Barrier]
 
 
 class QueueWriter:
-    def __init__(self, path: str, capacity: int, *, commit_interval: float = COMMIT_INTERVAL) -> None:
+    def __init__(self, path: str, capacity: int, *, commit_interval: float = COMMIT_INTERVAL,
+                 application_id: Optional[str] = None, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self.path = path
         self.capacity = capacity
         self.commit_interval = commit_interval
+        self.application_id = application_id
+        self.max_buffered_bytes = max_buffered_bytes
         self.shared = SharedState()
         self.committed = 0
         self.commits = 0
         self.dropped = 0  # every drop this process saw, for tests and debug logging
         self._buffer: Deque[_Item] = collections.deque()
+        # Bytes added by submit() and bytes removed by the writer thread: each
+        # side only adds to its own total, so no lock on the request path.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._uncounted_drops = 0  # drops not yet added to the durable counter
+        self._uncounted_problems: Dict[str, int] = {}  # per-reason counts not yet written
         self._drops_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = False
-        self._conn: Optional[sqlite3.Connection] = None
-        self._inode: Optional[Tuple[int, int]] = None
-        self._inode_checked = 0.0
+        self._file = QueueFile(path)
+        self._app: Optional[int] = None  # apps.id of application_id in the open file
+        self._app_opened = -1  # the file generation _app belongs to
         self._thread = threading.Thread(target=self._run, name="moesifasgi-queue-writer", daemon=True)
         self._thread.start()
 
@@ -83,24 +118,40 @@ class QueueWriter:
 
     def submit(self, row: EventRow, on_done: Optional[DoneCallback] = None) -> bool:
         """Queue one event for the next commit; never blocks. False if dropped."""
-        if self._stopping or len(self._buffer) >= MAX_BUFFERED:
-            self.count_drop()
+        size = len(row[2]) + _ITEM_OVERHEAD
+        if (self._stopping or len(self._buffer) >= MAX_BUFFERED
+                or self._bytes_in - self._bytes_out + size > self.max_buffered_bytes):
+            self.count_drop(reason="writer-stopped" if self._stopping else "buffer-full")
             problems.report(
                 "buffer-full",
-                "moesifasgi: %d events wait in memory for the queue file %s; dropping new events",
-                len(self._buffer), self.path,
+                "moesifasgi: %d events (%d bytes) wait in memory for the queue file %s; dropping new events",
+                len(self._buffer), self._bytes_in - self._bytes_out, self.path,
             )
             return False
+        self._bytes_in += size
         self._buffer.append((row, on_done))
         if not self._wakeup.is_set():
             self._wakeup.set()
         return True
 
-    def count_drop(self, count: int = 1) -> None:
-        """Count an event dropped before it reached the queue (in the durable counter too)."""
+    def count_drop(self, count: int = 1, reason: Optional[str] = None) -> None:
+        """Count an event dropped before it reached the queue (in the durable counter too),
+        and under `drop:<reason>` in the per-reason counts when a reason is given."""
         with self._drops_lock:
             self._uncounted_drops += count
             self.dropped += count
+            if reason is not None:
+                key = "drop:" + reason
+                self._uncounted_problems[key] = self._uncounted_problems.get(key, 0) + count
+        if reason is not None and not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def count_problem(self, reason: str, count: int = 1) -> None:
+        """Count, durably and per reason, a problem that did not cost the event."""
+        with self._drops_lock:
+            self._uncounted_problems[reason] = self._uncounted_problems.get(reason, 0) + count
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     # -- control ----------------------------------------------------------------------
 
@@ -129,11 +180,15 @@ class QueueWriter:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
+
     # -- the writer thread --------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            self._wakeup.wait(self.shared.refresh_interval)
+            self._wakeup.wait(min(self.shared.refresh_interval, DROPS_INTERVAL))
             self._wakeup.clear()
             if self._buffer and not self._stopping and len(self._buffer) < MAX_ROWS_PER_COMMIT:
                 # Let a few more events arrive so that one transaction carries them all.
@@ -143,61 +198,58 @@ class QueueWriter:
             backlog = len(self._buffer)
             while backlog > 0 and self._buffer:
                 backlog -= self._write_some()
+            if self._uncounted_drops or self._uncounted_problems:
+                # Counts that came without an event to carry them (every event dropped).
+                self._write_uncounted_drops()
             self._refresh_shared_state()
             if self._stopping and not self._buffer:
                 break
         self._write_uncounted_drops()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._file.close()
 
     def _take(self) -> Tuple[List[Tuple[EventRow, Optional[DoneCallback]]], List[_Barrier]]:
         items: List[Tuple[EventRow, Optional[DoneCallback]]] = []
         barriers: List[_Barrier] = []
-        while self._buffer and len(items) < MAX_ROWS_PER_COMMIT:
-            item = self._buffer.popleft()
-            if isinstance(item, _Barrier):
-                barriers.append(item)
+        popleft = self._buffer.popleft
+        # Only this thread takes from the buffer: what is there now stays there.
+        for _ in range(min(len(self._buffer), MAX_ROWS_PER_COMMIT)):
+            item = popleft()
+            if item.__class__ is _Barrier:
+                barriers.append(item)  # type: ignore[arg-type]
             else:
-                items.append(item)
+                items.append(item)  # type: ignore[arg-type]
         return items, barriers
 
     def _write_some(self) -> int:
         """Write one group; return how many buffered items it consumed."""
         items, barriers = self._take()
         accepted = 0
+        rows = [row for row, _ in items]
         try:
-            accepted = self._insert([row for row, _ in items]) if items else 0
-            if not items:
+            if rows:
+                accepted = self._insert(rows)
+            else:  # a flush() with nothing to write: make the drops durable now
                 self._write_uncounted_drops()
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc) and not self._stopping:
+        except Exception as exc:  # locked, disk full, read-only, corrupt, removed...
+            if is_busy(exc) and not self._stopping:
                 # Another process holds the write lock for longer than the busy
                 # timeout: keep the events and try again rather than drop them.
                 problems.report("busy", "moesifasgi: queue file %s stayed locked: %s; retrying", self.path, exc)
                 self._buffer.extendleft(reversed(barriers + items))  # type: ignore[operator]
                 time.sleep(0.05)
                 return len(items) + len(barriers)
-            self._fail(items, exc)
-        except Exception as exc:  # disk full, read-only, corrupt, removed...
-            if self._moved_corrupt_file(exc):
-                # A fresh file takes this group: nothing of it is lost.
+            if self._file.recover(exc):
+                # The corrupt file was moved aside: a fresh one takes this group.
                 self._buffer.extendleft(reversed(barriers + items))  # type: ignore[operator]
                 return len(items) + len(barriers)
             self._fail(items, exc)
         else:
             self.committed += accepted
             self.commits += 1
-            if accepted < len(items):
-                problems.report(
-                    "queue-full",
-                    "moesifasgi: the queue holds EVENT_QUEUE_SIZE=%d pending events; new events are dropped "
-                    "and counted until the flusher catches up",
-                    self.capacity,
-                )
             for index, (_, done) in enumerate(items):
                 if done is not None:
                     done(index < accepted)
+        self._bytes_out += sum(len(row[2]) for row in rows) + _ITEM_OVERHEAD * len(rows)
         for barrier in barriers:
             barrier.event.set()
         return len(items) + len(barriers)
@@ -208,55 +260,60 @@ class QueueWriter:
             pending = conn.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()[0]
             room = max(0, self.capacity - pending)
             kept = rows[:room]
+            low_space = 0
+            if len(kept) < len(rows):
+                problems.report(
+                    "queue-full",
+                    "moesifasgi: the queue holds EVENT_QUEUE_SIZE=%d pending events; new events are dropped "
+                    "and counted until the flusher catches up",
+                    self.capacity,
+                )
             if kept:
-                # One statement per group, the rows passed as one JSON array that
-                # SQLite unpacks in C. executemany would drop and re-take the GIL
-                # for every row, and each re-take forces the app's event loop
-                # thread to hand the GIL over: that convoy cost more than the
-                # writing itself under load. orjson builds the array text in 12 µs
-                # for 55 rows where the standard library took 90, all with the GIL.
-                conn.execute(_INSERT_GROUP, (jsoncodec.dumps(kept),))
+                if space.room_for(conn, self.path, sum(len(row[2]) for row in kept)):
+                    _insert_rows(conn, kept, self._app)
+                else:
+                    problems.report(
+                        "disk-low",
+                        "moesifasgi: less than %d bytes free on the disk of %s; new events are dropped and "
+                        "counted (the rest is kept for the flusher to deliver what is queued)",
+                        space.LOW_SPACE_BYTES, self.path, level=logging.ERROR,
+                    )
+                    low_space = len(kept)
+                    kept = []
+            refused = len(rows) - len(kept)
             with self._drops_lock:
-                drops = self._uncounted_drops + len(rows) - len(kept)
-                self._uncounted_drops = 0
-                self.dropped += len(rows) - len(kept)
-            if drops:
-                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
+                earlier = self._uncounted_drops
+                problems_seen = dict(self._uncounted_problems)
+            counts = dict(problems_seen)
+            if refused - low_space:
+                counts["drop:queue-full"] = counts.get("drop:queue-full", 0) + refused - low_space
+            if low_space:
+                counts["drop:disk-low"] = counts.get("drop:disk-low", 0) + low_space
+            _write_counts(conn, earlier + refused, counts)
+        # Only now that COMMIT succeeded: a failed one must leave the earlier counts
+        # to be written again (and _fail counts this group's rows).
+        with self._drops_lock:
+            self._uncounted_drops -= earlier
+            self.dropped += refused
+            _subtract(self._uncounted_problems, problems_seen)
         return len(kept)
 
     def _write_uncounted_drops(self) -> None:
         with self._drops_lock:
-            drops, self._uncounted_drops = self._uncounted_drops, 0
-        if not drops:
+            drops = self._uncounted_drops
+            problems_seen = dict(self._uncounted_problems)
+        if not drops and not problems_seen:
             return
         try:
             conn = self._connection()
             with storage.immediate(conn):
-                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
-        except Exception:
-            with self._drops_lock:
-                self._uncounted_drops += drops
-
-    def _moved_corrupt_file(self, exc: Exception) -> bool:
-        """When the file is corrupt, move it aside (once, whichever process sees it
-        first); True when the path now leads to another file, to retry there."""
-        if not storage.is_corruption(exc):
-            return False
-        # The identity seen when the failing connection was opened (or attempted),
-        # never a fresh look: another process may have replaced the file already.
-        corrupt = self._inode
-        self._reset_connection()
-        try:
-            moved = storage.quarantine(self.path, corrupt)
-        except OSError as move_error:
-            problems.report("quarantine-failed", "moesifasgi: the queue file %s is corrupt (%s) and cannot be "
-                            "moved aside (%s); events are dropped and counted until it is replaced",
-                            self.path, exc, move_error, level=logging.ERROR)
-            return False
-        if moved:
-            problems.report("quarantined", "moesifasgi: the queue file %s is corrupt (%s); it was moved to %s "
-                            "and a new queue file started", self.path, exc, moved, level=logging.ERROR)
-        return corrupt is not None and storage.file_identity(self.path) != corrupt
+                _write_counts(conn, drops, problems_seen)
+        except Exception as exc:  # counted again at the next attempt
+            self._file.recover(exc)
+            return
+        with self._drops_lock:
+            self._uncounted_drops -= drops
+            _subtract(self._uncounted_problems, problems_seen)
 
     def _fail(self, items: List[Tuple[EventRow, Optional[DoneCallback]]], exc: Exception) -> None:
         problems.report(
@@ -264,36 +321,17 @@ class QueueWriter:
             "moesifasgi: cannot write to the queue file %s (%s: %s); events are dropped and counted until it works again",
             self.path, type(exc).__name__, exc, level=logging.ERROR,
         )
-        self.count_drop(len(items))
-        self._reset_connection()
+        self.count_drop(len(items), reason="write-failed")
         for _, done in items:
             if done is not None:
                 done(False)
 
     def _connection(self) -> sqlite3.Connection:
-        now = time.monotonic()
-        if self._conn is not None and now - self._inode_checked > INODE_CHECK_INTERVAL:
-            self._inode_checked = now
-            # If the file or its directory was removed, our connection writes into
-            # an unlinked inode that nobody will ever drain: reopen instead.
-            if storage.file_identity(self.path) != self._inode:
-                problems.report("replaced", "moesifasgi: queue file %s was removed or replaced; reopening", self.path)
-                self._reset_connection()
-        if self._conn is None:
-            self._inode = storage.file_identity(self.path)  # kept if connect fails (see _moved_corrupt_file)
-            self._conn = storage.connect(self.path)
-            if self._inode is None:  # connect created it
-                self._inode = storage.file_identity(self.path)
-            self._inode_checked = now
-        return self._conn
-
-    def _reset_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-        self._conn = None
+        conn = self._file.connection()
+        if self._app_opened != self._file.opened:
+            self._app = app_number(conn, self.application_id)
+            self._app_opened = self._file.opened
+        return conn
 
     def _refresh_shared_state(self) -> None:
         if not self.shared.due():
@@ -304,9 +342,41 @@ class QueueWriter:
             problems.report("shared-state", "moesifasgi: cannot read Moesif config from the queue file: %s", exc)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
+def app_number(conn: sqlite3.Connection, application_id: Optional[str]) -> Optional[int]:
+    """apps.id of `application_id` in this file, added on first use (None: no app given)."""
+    if not application_id:
+        return None
+    row = conn.execute("SELECT id FROM apps WHERE application_id = ?", (application_id,)).fetchone()
+    if row is None:
+        with storage.immediate(conn):
+            conn.execute("INSERT OR IGNORE INTO apps (application_id) VALUES (?)", (application_id,))
+        row = conn.execute("SELECT id FROM apps WHERE application_id = ?", (application_id,)).fetchone()
+    return int(row[0])
+
+
+_COUNT_PROBLEM = (
+    "INSERT INTO problem_counts (reason, count, last_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at"
+)
+
+
+def _write_counts(conn: sqlite3.Connection, drops: int, per_reason: Dict[str, int]) -> None:
+    """Add to the durable counters, inside the caller's transaction."""
+    if drops:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
+    if per_reason:
+        now = time.time()
+        conn.executemany(_COUNT_PROBLEM, [(reason, count, now) for reason, count in per_reason.items()])
+
+
+def _subtract(counts: Dict[str, int], written: Dict[str, int]) -> None:
+    """Take what was just written out of the counts still to write (caller holds the lock)."""
+    for reason, count in written.items():
+        left = counts.get(reason, 0) - count
+        if left > 0:
+            counts[reason] = left
+        else:
+            counts.pop(reason, None)
 
 
 # -- one writer per queue file per process ---------------------------------------------
@@ -327,28 +397,29 @@ def current_pid() -> int:
     return _pid
 
 
-_writers: Dict[str, QueueWriter] = {}
+_writers: Dict[Tuple[str, Optional[str]], QueueWriter] = {}
 _writers_pid = os.getpid()
 _writers_lock = threading.Lock()
 
 
-def writer_for(path: str, capacity: int) -> QueueWriter:
-    """This process's writer for `path`, created on first use.
+def writer_for(path: str, capacity: int, application_id: Optional[str] = None) -> QueueWriter:
+    """This process's writer for `path` and this application id, created on first use.
 
     Objects inherited through fork (gunicorn --preload) are never used: a thread
     or SQLite connection does not survive a fork, so a child starts afresh.
     """
     global _writers_pid
-    writer = _writers.get(path)
+    key = (path, application_id)
+    writer = _writers.get(key)
     if writer is not None and _writers_pid == os.getpid():
         return writer
     with _writers_lock:
         if _writers_pid != os.getpid():
             _writers.clear()
             _writers_pid = os.getpid()
-        writer = _writers.get(path)
+        writer = _writers.get(key)
         if writer is None:
-            writer = _writers[path] = QueueWriter(path, capacity)
+            writer = _writers[key] = QueueWriter(path, capacity, application_id=application_id)
             _install_exit_hooks()
         return writer
 
@@ -368,27 +439,6 @@ def flush_all(timeout: float = 5.0) -> bool:
     return all([writer.flush(timeout) for writer in list(_writers.values())])
 
 
-_hooks_pid: Optional[int] = None
-
-
 def _install_exit_hooks() -> None:
-    global _hooks_pid
-    if _hooks_pid == os.getpid():
-        return
-    _hooks_pid = os.getpid()
-    atexit.register(close_all)
-    # Servers (uvicorn, gunicorn, hypercorn) handle SIGTERM themselves and shut
-    # down through lifespan and interpreter exit; only where nobody handles it
-    # would the default action kill the process with events still in memory.
-    if threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _commit_then_die)
-        except (ValueError, OSError):
-            pass
-
-
-def _commit_then_die(signum: int, frame: object) -> None:
-    close_all(timeout=3.0)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    shutdown.register(flush_all, close_all)
+    shutdown.watch_signals()

@@ -14,7 +14,8 @@ from typing import Any, Callable, Coroutine, Optional, Set, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["WouldBlock", "is_async_callable", "run_on_private_loop", "run_without_loop", "running_loop", "spawn"]
+__all__ = ["WouldBlock", "is_async_callable", "run_on_private_loop", "run_without_loop", "running_loop", "spawn",
+           "wait_background"]
 
 
 class WouldBlock(RuntimeError):
@@ -74,3 +75,13 @@ def spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> "a
     _background.add(task)
     task.add_done_callback(_background.discard)
     return task
+
+
+async def wait_background(timeout: float) -> bool:
+    """Wait, at most `timeout` seconds, for the tasks spawn() started; True if none is left."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _background if not task.done() and task.get_loop() is loop]
+    if not pending:
+        return True
+    _, still = await asyncio.wait(pending, timeout=timeout)
+    return not still

@@ -1,47 +1,75 @@
 """`moesif-flush`: drain and inspect the Moesif queue file from a shell.
 
-A thin click layer over the library: every command opens the queue, calls a
-`queue_store`/`Flusher` function and prints. Expected problems (no file, wrong
-path, no application id) become one-line errors with a non-zero exit.
+A thin click layer over the library. The commands live in small modules by
+concern (`cli_drain`: run and drain; `cli_inspect`: status, check, queues,
+peek; `cli_dead_letters`); this one holds the group, the options every command
+shares, and the one place where errors become one line and an exit code:
+
+    0    success (check: healthy)
+    1    the command failed or check found a problem (one line on stderr says which)
+    2    usage error: unknown option, bad value
+    130  interrupted (Ctrl-C, or SIGTERM during drain)
 """
 from __future__ import annotations
 
-import json
+import importlib
 import logging
 import os
 import sqlite3
 import sys
-import time
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import click
 
 from moesifasgi import storage
-from moesifasgi.settings import DEFAULT_BASE_URI, resolve_queue_path
+from moesifasgi._version import __version__
+from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path, resolve_queue_path
+from moesifasgi.settings import DEFAULT_BASE_URI
 
-from . import queue_store as qs
-from .profile_delivery import requeue_profile_dead_letters
-from .cli_drain import drain, run
-from .status import queue_status
+from .cli_logging import configure_logging
 
 logger = logging.getLogger(__name__)
 
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: exit 130 (128 + SIGINT), as shells expect, never 0."""
+    exit_code = EXIT_INTERRUPTED
+
 
 @dataclass
-class _Context:
-    queue: Optional[str]
-    application_id: Optional[str]
-    base_uri: str
+class CliContext:
+    queue: Optional[str] = None
+    application_id: Optional[str] = None
+    base_uri: str = DEFAULT_BASE_URI
+    log_level: str = "INFO"
+    log_format: str = "text"
+    # (path, device and inode) of the queue file a command opened, so that damage
+    # met mid-command moves that very file aside (see _Group.invoke).
+    opened: Optional[Tuple[str, Tuple[int, int]]] = None
+
+    def queue_source(self) -> Tuple[str, str]:
+        """(path, how it was chosen), for messages that must say where a path came from."""
+        if self.queue:
+            try:  # "~" expanded from HOME or the passwd entry, never kept as a directory name
+                return resolve_queue_path(self.queue, ""), "--queue / MOESIF_QUEUE_PATH"
+            except UnsafeQueueLocation as exc:
+                raise click.ClickException(str(exc)) from exc
+        if self.application_id:
+            try:
+                path = default_queue_path(self.application_id)
+            except UnsafeQueueLocation as exc:
+                raise click.ClickException(str(exc)) from exc
+            return path, f"derived from the application id and the working directory {os.getcwd()}"
+        raise click.ClickException(
+            "no queue file given: pass --queue PATH (or set MOESIF_QUEUE_PATH), or --application-id "
+            "to use the default location (`moesif-flush queues` lists the files there)")
 
     def queue_path(self) -> str:
-        if self.queue:
-            return os.path.abspath(os.path.expanduser(self.queue))
-        if self.application_id:
-            return resolve_queue_path(None, self.application_id)
-        raise click.ClickException(
-            "no queue file given: pass --queue PATH (or set MOESIF_QUEUE_PATH), "
-            "or --application-id to use the default location")
+        return self.queue_source()[0]
 
     def require_application_id(self) -> str:
         if not self.application_id:
@@ -49,224 +77,225 @@ class _Context:
                                        "pass --application-id or set MOESIF_APPLICATION_ID")
         return self.application_id
 
+    def require_base_uri(self) -> str:
+        """The collector address, checked before anything is posted: a typo must be
+        one clear error, not a retry loop."""
+        uri = self.base_uri.rstrip("/")
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.ClickException(
+                f"--base-uri {self.base_uri!r} is not an http:// or https:// URL with a host "
+                f"(the default is {DEFAULT_BASE_URI})")
+        try:
+            parts.port
+        except ValueError as exc:
+            raise click.ClickException(f"--base-uri {self.base_uri!r}: {exc}") from exc
+        return uri
+
+    def _missing_hint(self, exc: Exception) -> str:
+        if "no queue file" not in str(exc):
+            return ""
+        if self.queue:
+            return " (is MOESIF_QUEUE_PATH the same as the app's?)"
+        return (f" (the path is derived from the application id and the working directory {os.getcwd()}; "
+                "run this from the app's directory, or see `moesif-flush queues`)")
+
     def connect(self, create: bool = False) -> sqlite3.Connection:
+        """A read-write connection (migrates the file); for commands that change the queue."""
         path = self.queue_path()
         if os.path.isdir(path):
             raise click.ClickException(f"{path} is a directory, not a queue file")
         try:
-            return storage.connect(path, create=create)
+            conn = storage.connect(path, create=create)
+            self._opened(path)
+            return conn
+        except UnsafeQueueLocation as exc:
+            raise click.ClickException(str(exc)) from exc
         except storage.QueueError as exc:
-            hint = " (run `moesif-flush migrate` to create it)" if "no queue file" in str(exc) else ""
-            raise click.ClickException(f"{exc}{hint}") from exc
+            raise click.ClickException(f"{exc}{self._missing_hint(exc)}") from exc
+
+    def _opened(self, path: str) -> None:
+        identity = storage.file_identity(path)
+        self.opened = (path, identity) if identity is not None else None
+
+    def connect_readonly(self) -> sqlite3.Connection:
+        """For commands that only look: the file is never created, migrated or written."""
+        try:
+            conn = storage.connect_readonly(self.queue_path())
+            self._opened(self.queue_path())
+            return conn
+        except storage.QueueError as exc:
+            raise click.ClickException(f"{exc}{self._missing_hint(exc)}") from exc
 
 
-pass_ctx = click.make_pass_decorator(_Context)
+pass_ctx = click.make_pass_decorator(CliContext, ensure=True)
+
+
+def _setter(field: str, transform: Callable[[Any], Any] = lambda v: v) -> Callable[..., None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None:
+            return
+        obj = ctx.ensure_object(CliContext)
+        setattr(obj, field, transform(value))
+        if field in ("log_level", "log_format"):
+            configure_logging(obj.log_level, obj.log_format)
+    return callback
+
+
+def _app_id(value: str) -> Optional[str]:
+    return value.strip() or None
+
+
+_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+# (flags, envvar, field, transform, extra click arguments, help)
+_SHARED = [
+    (("--queue",), "MOESIF_QUEUE_PATH", "queue", str,
+     {"metavar": "PATH"}, "Queue file [env MOESIF_QUEUE_PATH; default: derived from the application id "
+                          "and the working directory, see `moesif-flush queues`]."),
+    (("--application-id",), "MOESIF_APPLICATION_ID", "application_id", _app_id,
+     {"metavar": "ID"}, "Moesif application id [env MOESIF_APPLICATION_ID]."),
+    (("--base-uri",), "MOESIF_BASE_URI", "base_uri", str,
+     {"metavar": "URL"}, f"Moesif collector [env MOESIF_BASE_URI; default {DEFAULT_BASE_URI}]."),
+    (("--log-level",), None, "log_level", str.upper,
+     {"type": _LEVELS}, "Level of the messages printed to stderr [default INFO]."),
+    (("--log-format",), "MOESIF_LOG_FORMAT", "log_format", str.lower,
+     {"type": click.Choice(["text", "json"], case_sensitive=False)},
+     "text, or json: one JSON object a line, for log collectors [env MOESIF_LOG_FORMAT]."),
+]
+
+
+def _shared_options(*, group: bool) -> Callable[[Any], Any]:
+    """The options every command takes, before the command name or after it.
+
+    On the group they also read their environment variables; on a command they
+    only override what the group got, so `moesif-flush status --queue X` and
+    `moesif-flush --queue X status` mean the same.
+    """
+    def decorate(fn: Any) -> Any:
+        for flags, envvar, field, transform, extra, help_text in reversed(_SHARED):
+            fn = click.option(*flags, envvar=envvar if group else None, expose_value=False,
+                              callback=_setter(field, transform), help=help_text, **extra)(fn)
+        return fn
+    return decorate
+
+
+def command(group: click.Group, name: Optional[str] = None, **kwargs: Any) -> Callable[[Any], Any]:
+    """`@group.command` that also accepts the shared options after the command name."""
+    def decorate(fn: Any) -> Any:
+        return group.command(name, **kwargs)(_shared_options(group=False)(fn))
+    return decorate
+
+
+class _UsageError(click.UsageError):
+    """A usage error in one line (click's own adds the usage and a "Try --help" line)."""
+
+    def show(self, file: Any = None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.message}{hint}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> _UsageError:
+    return exc if isinstance(exc, _UsageError) else _UsageError(exc.format_message(), exc.ctx)
+
+
+# Command name -> the module that defines it, imported when the command is used:
+# `status` and `check` (probes, every few seconds) need neither httpx nor asyncio,
+# which `run` and `drain` bring.
+_COMMAND_MODULES = {
+    "run": "cli_drain", "drain": "cli_drain",
+    "status": "cli_inspect", "check": "cli_inspect", "queues": "cli_inspect", "peek": "cli_inspect",
+    "migrate": "cli_inspect", "dead-letters": "cli_dead_letters",
+}
 
 
 class _Group(click.Group):
-    """Turns database errors met mid-command into one-line errors too."""
+    """Every failure below becomes one line and a non-zero exit, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in self.commands and cmd_name in _COMMAND_MODULES:
+            importlib.import_module(f"{__package__}.{_COMMAND_MODULES[cmd_name]}")  # registers it
+        return super().get_command(ctx, cmd_name)
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted("interrupted") from exc
         except (sqlite3.Error, storage.QueueError) as exc:
+            moved = _move_aside_if_damaged(ctx, exc)
+            if moved:
+                raise click.ClickException(
+                    f"the queue file is damaged ({exc}); it was moved to {moved} and a new queue starts: "
+                    "the flusher delivers what can still be read from it") from exc
             raise click.ClickException(f"queue file error: {exc}") from exc
+        except UnsafeQueueLocation as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
+        except Exception as exc:
+            logger.debug("unexpected error", exc_info=True)
+            raise click.ClickException(
+                f"unexpected error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)") from exc
+
+
+def _move_aside_if_damaged(ctx: click.Context, exc: BaseException) -> Optional[str]:
+    """Damage met mid-command in a file that opened as our queue: move it aside, as
+    a worker or the flusher would, so that delivery resumes on a fresh file.
+    Never for a file that failed to open (a typo'd --queue naming another file)."""
+    obj = ctx.find_object(CliContext)
+    if obj is None or obj.opened is None or not storage.is_damaged(exc):
+        return None
+    path, identity = obj.opened
+    try:
+        return storage.quarantine(path, identity)
+    except OSError:
+        return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--queue", envvar="MOESIF_QUEUE_PATH", metavar="PATH",
-              help="Queue file [env MOESIF_QUEUE_PATH; default: derived from the application id].")
-@click.option("--application-id", envvar="MOESIF_APPLICATION_ID", metavar="ID",
-              help="Moesif application id [env MOESIF_APPLICATION_ID].")
-@click.option("--base-uri", envvar="MOESIF_BASE_URI", default=DEFAULT_BASE_URI, show_default=True,
-              help="Moesif collector [env MOESIF_BASE_URI].")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default="INFO", show_default=True, help="Log level of the messages printed to stderr.")
-@click.pass_context
-def cli(ctx: click.Context, queue: Optional[str], application_id: Optional[str], base_uri: str,
-        log_level: str) -> None:
+@click.version_option(__version__, "-V", "--version", prog_name="moesif-flush",
+                      message="%(prog)s (moesifasgi) %(version)s")
+@_shared_options(group=True)
+def cli() -> None:
     """Drain and inspect the queue that moesifasgi workers write API calls to.
+
+    These options may also follow the command name. Exit codes: 0 success,
+    1 failure or unhealthy (one line says why), 2 usage error, 130 interrupted.
 
     \b
     Example:
       export MOESIF_APPLICATION_ID=... MOESIF_QUEUE_PATH=/var/lib/app/moesif.sqlite
       moesif-flush status
     """
-    _configure_logging(log_level.upper())
-    ctx.obj = _Context(queue, (application_id or "").strip() or None, base_uri.rstrip("/"))
-
-
-def _configure_logging(level: str) -> None:
-    # The CLI is an application: it owns the root handler (the library never does).
-    root = logging.getLogger()
-    if not any(getattr(h, "_moesif_flush", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._moesif_flush = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(level)
-    # httpx logs every request at INFO: thousands of lines a second while draining.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@pass_ctx
-def status(ctx: _Context, as_json: bool) -> None:
-    """Show pending events, in-flight claims, dead letters, the leader and the last outcomes.
-
-    \b
-    Example:
-      moesif-flush --queue /var/lib/app/moesif.sqlite status --json
-    """
-    conn = ctx.connect()
-    try:
-        info = queue_status(conn, ctx.queue_path())
-    finally:
-        conn.close()
-    if as_json:
-        click.echo(json.dumps(info, sort_keys=True))
-        return
-    for key, value in info.items():
-        click.echo(f"{key + ':':<22}{_human(key, value)}")
-
-
-def _human(key: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if key == "leader":
-        return f"pid {value['pid']} on {value['host']} since {_when(value['since'])}"
-    if key == "last_success_at" and isinstance(value, (int, float)):
-        return _when(value)
-    if key == "last_error" and isinstance(value, dict):
-        return f"{_when(value.get('at') or 0)}: {value.get('error') or value.get('outcome')}"
-    return str(value)
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f" ({time.time() - ts:.0f} s ago)"
-
-
-@cli.command()
-@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
-              help="How many events.")
-@pass_ctx
-def peek(ctx: _Context, count: int) -> None:
-    """Print the next N pending events as pretty JSON (nothing is changed).
-
-    \b
-    Example:
-      moesif-flush --queue /var/lib/app/moesif.sqlite peek -n 3
-    """
-    conn = ctx.connect()
-    try:
-        click.echo(json.dumps(qs.peek(conn, count), indent=2))
-    finally:
-        conn.close()
-
-
-@cli.command()
-@pass_ctx
-def migrate(ctx: _Context) -> None:
-    """Create the queue file or upgrade its schema, then print the schema version.
-
-    \b
-    Example:
-      moesif-flush --queue /var/lib/app/moesif.sqlite migrate
-    """
-    conn = ctx.connect(create=True)
-    try:
-        click.echo(f"schema version {storage.schema_version(conn)} ({ctx.queue_path()})")
-    finally:
-        conn.close()
-
-
-@cli.group("dead-letters")
-def dead_letters() -> None:
-    """List, requeue or purge events Moesif refused or that were too old to send.
-
-    \b
-    Example:
-      moesif-flush dead-letters list
-      moesif-flush dead-letters requeue 12 13
-    """
-
-
-@dead_letters.command("list")
-@click.option("-n", "count", type=click.IntRange(min=1), default=50, show_default=True, help="How many.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@pass_ctx
-def dead_letters_list(ctx: _Context, count: int, as_json: bool) -> None:
-    """List dead letters with their status and reason.
-
-    \b
-    Example:
-      moesif-flush dead-letters list -n 20 --json
-    """
-    conn = ctx.connect()
-    try:
-        rows = qs.list_dead_letters(conn, count)
-    finally:
-        conn.close()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no dead letters")
-    for row in rows:
-        click.echo(f"{row['id']:>6}  {row['transaction_id']}  status={row['status'] or '-'}  {row['reason']}")
-
-
-@dead_letters.command("requeue")
-@click.argument("ids", nargs=-1, type=int)
-@pass_ctx
-def dead_letters_requeue(ctx: _Context, ids: Tuple[int, ...]) -> None:
-    """Put dead letters back in the queue (all of them when no ID is given).
-
-    \b
-    Example:
-      moesif-flush dead-letters requeue        # all
-      moesif-flush dead-letters requeue 4 7    # two of them
-    """
-    conn = ctx.connect()
-    try:
-        moved = qs.requeue_dead_letters(conn, list(ids) if ids else None)
-        profiles = requeue_profile_dead_letters(conn, list(ids) if ids else None)
-    finally:
-        conn.close()
-    click.echo(f"requeued {moved} events" + (f" and {profiles} profiles" if profiles else ""))
-
-
-@dead_letters.command("purge")
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@pass_ctx
-def dead_letters_purge(ctx: _Context, ids: Tuple[int, ...], yes: bool) -> None:
-    """Delete dead letters for good (all of them when no ID is given).
-
-    \b
-    Example:
-      moesif-flush dead-letters purge --yes
-    """
-    conn = ctx.connect()
-    try:
-        if not yes and not click.confirm(f"Delete {'these' if ids else 'all'} dead letters?"):
-            raise click.ClickException("nothing deleted")
-        removed = qs.purge_dead_letters(conn, list(ids) if ids else None)
-    finally:
-        conn.close()
-    click.echo(f"purged {removed} dead letters")
-
-
-cli.add_command(drain)
-cli.add_command(run)
+    obj = click.get_current_context().ensure_object(CliContext)
+    configure_logging(obj.log_level, obj.log_format)
 
 
 def main() -> None:
     """Console-script entry point (`moesif-flush`)."""
-    cli(prog_name="moesif-flush")
+    try:
+        cli.main(prog_name="moesif-flush")
+    except KeyboardInterrupt:  # raised outside a command (while parsing): still one line
+        click.echo("Error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m moesifasgi_flush.cli`: the commands registered themselves on
+    # the imported module's group, not on this __main__ copy.
+    from moesifasgi_flush.cli import main as _main
+    _main()

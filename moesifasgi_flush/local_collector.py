@@ -81,6 +81,8 @@ class LocalCollector(FaultPlan):
         self.request_log: list[tuple[str, str, int, int]] = []  # method, path, status, items
         self.requests = 0
         self.event_count = 0
+        # transaction id -> the X-Moesif-Application-Id it was posted under
+        self.application_of: dict[str, str] = {}
         self._ids: list[str] = []
         self._seen: set[str] = set()
         self._duplicates = 0
@@ -234,12 +236,12 @@ class LocalCollector(FaultPlan):
                     self.body_errors.append(error)
                 return Reply(400, {}, b'{"error":"bad request"}')
             if kind == "events":
-                self._record_events(items)
+                self._record_events(items, headers.get("X-Moesif-Application-Id") or "")
             else:
                 getattr(self, kind).extend(items)
             return Reply(201, {"X-Moesif-Config-ETag": self.config_etag}, _CREATED, len(items))
 
-    def _record_events(self, items: list[dict[str, Any]]) -> None:
+    def _record_events(self, items: list[dict[str, Any]], application_id: str = "") -> None:
         # Caller holds the lock.
         if self.keep_events:
             self.events.extend(items)
@@ -248,6 +250,7 @@ class LocalCollector(FaultPlan):
             if tid is None:
                 continue
             self._ids.append(tid)
+            self.application_of[tid] = application_id
             if tid in self._seen:
                 self._duplicates += 1
             else:

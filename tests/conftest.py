@@ -68,3 +68,29 @@ def read_counter(path: str, name: str) -> int:
         return conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
     finally:
         conn.close()
+
+
+def read_problems(path: str) -> Dict[str, int]:
+    """The per-reason problem counts of the queue at `path` (after flushing writers)."""
+    queue_writer.flush_all()
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT reason, count FROM problem_counts"))
+    finally:
+        conn.close()
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--matrix", action="store_true", default=False,
+                     help="run the whole framework and server matrix (tests/test_server_matrix.py)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # The whole matrix takes minutes and extra packages: only its fast subset
+    # runs unless --matrix is given.
+    if config.getoption("--matrix"):
+        return
+    kept = [item for item in items if item.get_closest_marker("matrix") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("matrix")])
+        items[:] = kept

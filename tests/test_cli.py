@@ -30,7 +30,9 @@ def invoke(runner, *args, **kwargs):
 
 
 def _commands(group, prefix=()):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield prefix + (name,), command
         if isinstance(command, click.Group):
             yield from _commands(command, prefix + (name,))
@@ -43,8 +45,8 @@ def test_every_command_has_help_with_an_example(runner):
         assert result.exit_code == 0
         assert "Example" in result.output and "moesif-flush" in result.output, names_path
         names.append(" ".join(names_path))
-    assert {"run", "drain", "status", "peek", "migrate", "dead-letters list", "dead-letters requeue",
-            "dead-letters purge"} <= set(names)
+    assert {"run", "drain", "status", "peek", "migrate", "check", "queues", "dead-letters list",
+            "dead-letters show", "dead-letters requeue", "dead-letters purge"} <= set(names)
 
 
 @pytest.mark.parametrize("args", [("status",), ("peek",), ("dead-letters", "list"), ("drain",)])
@@ -61,7 +63,7 @@ def test_a_wrong_path_and_a_missing_application_id_are_one_line_errors(runner, t
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not sqlite " * 500)
     for args, message in [(("--queue", str(tmp_path), "status"), "is a directory"),
-                          (("--queue", str(garbage), "status"), "cannot"),
+                          (("--queue", str(garbage), "status"), "is not a moesifasgi queue"),
                           (("status",), "no queue file given"),
                           (("--queue", path, "drain"), "application id"),
                           (("--queue", path, "run"), "application id")]:
@@ -99,7 +101,7 @@ def test_status_json_reports_counts_the_leader_and_the_last_outcomes(runner, pat
     assert info["last_error"]["status"] == 503 and info["last_success_at"] is None
     assert info["queue_file_bytes"] > 0 and info["schema_version"] == storage.latest_version()
     text = invoke(runner, "status").output
-    assert "pending:" in text and "pid 4242 on box" in text
+    assert "pending:" in text and "pid 4242 on box" in text and "3 events (1 in flight), oldest 1 min" in text
 
 
 def test_peek_prints_the_next_events_as_pretty_json(runner, path):
@@ -130,7 +132,7 @@ def test_drain_prints_sent_failed_and_left_and_exits_zero_when_empty(runner, pat
     insert_events(path, 60)
     result = invoke(runner, "--queue", path, "--application-id", APP_ID, "--base-uri", collector.url, "drain")
     assert result.exit_code == 0
-    assert result.output.startswith("sent 60, failed 0, left 0")
+    assert result.output.startswith("sent 60 events, 0 dead-lettered, 0 not sent after errors, 0 left in the queue")
     assert collector.event_count == 60
 
 
@@ -139,11 +141,12 @@ def test_drain_exits_non_zero_when_events_remain_because_of_errors(runner, path,
     collector.fail_for(401, 30)
     result = invoke(runner, "--queue", path, "--application-id", APP_ID, "--base-uri", collector.url, "drain")
     assert result.exit_code == 1
-    assert "sent 0, failed 10, left 10" in result.output and "application id" in result.output
+    assert "sent 0 events, 0 dead-lettered, 10 not sent after errors, 10 left" in result.output
+    assert "application id" in result.output
     collector.fail_for(503, 30)
     result = invoke(runner, "--queue", path, "--application-id", APP_ID, "--base-uri", collector.url,
                     "drain", "--max-seconds", "0.5")
-    assert result.exit_code == 1 and "left 10" in result.output
+    assert result.exit_code == 1 and "10 left" in result.output
 
 
 def test_run_drains_logs_its_stats_and_exits_zero_on_sigterm(path, collector):
@@ -163,3 +166,46 @@ def test_run_drains_logs_its_stats_and_exits_zero_on_sigterm(path, collector):
     assert "sent 50 events in the last" in err and "backlog 0" in err
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
     assert "Traceback" not in err
+
+
+def test_status_shows_the_recording_problems_counted_by_the_middleware_per_reason(runner, queue_path, monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from moesifasgi import MoesifMiddleware, queue_writer
+
+    app = FastAPI()
+
+    @app.get("/ok")
+    def ok():
+        return {"ok": True}
+
+    app.add_middleware(MoesifMiddleware, settings={
+        "APPLICATION_ID": APP_ID, "QUEUE_PATH": queue_path,
+        "IDENTIFY_USER": lambda request, response: request.state.user.id,
+        "MASK_EVENT_MODEL": lambda event: None})
+    client = TestClient(app)
+    for _ in range(3):
+        client.get("/ok")
+    queue_writer.flush_all()
+    monkeypatch.setenv("MOESIF_QUEUE_PATH", queue_path)
+    info = json.loads(invoke(runner, "status", "--json").output)
+    assert info["pending"] == 3 and info["dropped"] == 0
+    assert info["problems"] == {"callback-raised:IDENTIFY_USER": 3, "mask-failed": 3}
+    text = invoke(runner, "status").output
+    assert "callback-raised:IDENTIFY_USER=3" in text
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("peek",), ("dead-letters", "list")])
+def test_read_only_commands_refuse_another_sqlite_file_without_touching_it(runner, tmp_path, args):
+    import sqlite3
+    other = tmp_path / "app.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    result = invoke(runner, "--queue", str(other), *args)
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "is not a moesifasgi queue" in result.output
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]

@@ -71,13 +71,18 @@ def test_each_single_address_header_is_used_on_its_own(name):
     assert client_ip({name: "198.51.100.23"}, PEER) == "198.51.100.23"
 
 
-def test_headers_are_tried_in_moesif_order():
+def test_true_client_ip_wins_over_fastly_client_ip_as_in_the_original():
+    headers = {"fastly-client-ip": "203.0.113.1", "true-client-ip": "203.0.113.2"}
+    assert client_ip(headers, PEER) == "203.0.113.2"
+
+
+def test_headers_are_tried_in_the_original_packages_order():
     order = [
         "x-client-ip",
         "x-forwarded-for",
         "cf-connecting-ip",
-        "fastly-client-ip",
         "true-client-ip",
+        "fastly-client-ip",
         "x-real-ip",
         "x-cluster-client-ip",
         "x-forwarded",

@@ -47,7 +47,7 @@ async def test_a_broken_queue_path_never_raises_into_the_app(tmp_path, collector
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     settings = settings_for(str(blocker / "q.sqlite"), collector.url)
-    with caplog.at_level(logging.WARNING, logger="moesifasgi_flush"):
+    with caplog.at_level(logging.WARNING, logger="moesifasgi.delivery"):
         embedded.ensure_started(settings, FAST)  # the directory cannot exist: a file is in the way
         await asyncio.sleep(1.0)  # several lease attempts, each failing
         embedded.ensure_started(settings, FAST)

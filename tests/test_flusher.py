@@ -82,7 +82,7 @@ async def test_a_401_stops_sending_keeps_the_events_and_logs_one_clear_error(pat
     insert_events(path, 30)
     collector.fail_for(401, 30)
     flusher = flusher_for(path, collector.url)
-    with caplog.at_level(logging.ERROR, logger="moesifasgi_flush"):
+    with caplog.at_level(logging.ERROR, logger="moesifasgi.delivery"):
         stats = await flusher.drain(max_seconds=5)
     await flusher.aclose()
     assert (stats.sent, stats.remaining, stats.error) == (0, 30, "auth")

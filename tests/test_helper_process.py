@@ -1,6 +1,6 @@
 """FLUSHER="embedded": the workers keep one helper process draining the queue.
 
-Real processes throughout: the helper is `python -m moesifasgi_flush.helper`,
+Real processes throughout: the helper is `python -m moesifasgi.delivery.helper`,
 workers are multiprocessing children, the collector listens on loopback.
 """
 from __future__ import annotations

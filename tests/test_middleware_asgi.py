@@ -82,7 +82,7 @@ async def test_invalid_utf8_in_headers_is_recorded_without_breaking_the_call(que
     assert event["response"]["headers"]["x-out"] == "\xff\xfe"
 
 
-async def test_the_middleware_never_reads_more_of_the_request_than_the_app(queue_path):
+async def test_the_middleware_never_reads_more_of_a_request_of_unknown_length_than_the_app(queue_path):
     reads = []
 
     async def receive():

@@ -1,8 +1,10 @@
 """Bad input and broken parts never break the host app."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 
 import pytest
 from fastapi import FastAPI, Request
@@ -10,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from moesifasgi import MoesifMiddleware
 
-from .conftest import read_counter, read_events
+from .conftest import read_counter, read_events, read_problems
 
 
 def make_app(queue_path: str, **settings) -> FastAPI:
@@ -31,44 +33,132 @@ def make_app(queue_path: str, **settings) -> FastAPI:
     return app
 
 
-@pytest.mark.parametrize(
-    "settings, error",
-    [
-        ({}, ValueError),
-        ({"APPLICATION_ID": ""}, ValueError),
-        ({"APPLICATION_ID": "   "}, ValueError),
-        ({"APPLICATION_ID": "x", "DURABILITY": "maybe"}, ValueError),
-        ({"APPLICATION_ID": "x", "BATCH_SIZE": 0}, ValueError),
-        ({"APPLICATION_ID": "x", "EVENT_BATCH_TIMEOUT": -1}, ValueError),
-        ({"APPLICATION_ID": "x", "EVENT_BATCH_TIMEOUT": "1"}, ValueError),
-        ({"APPLICATION_ID": "x", "FLUSHER": "thread"}, ValueError),
-        ({"APPLICATION_ID": "x", "SKIP": "not callable"}, TypeError),
-    ],
-)
-def test_bad_settings_are_clear_errors_at_construction(settings, error):
-    with pytest.raises(error, match="moesifasgi"):
+@pytest.mark.parametrize("settings", [{}, {"APPLICATION_ID": ""}, {"APPLICATION_ID": "   "}, {"APPLICATION_ID": None}])
+def test_only_a_missing_application_id_stops_the_app(settings):
+    with pytest.raises(ValueError, match="moesifasgi: APPLICATION_ID is required"):
         MoesifMiddleware(FastAPI(), settings=settings)
 
 
-@pytest.mark.parametrize("settings", [None, "APPLICATION_ID=x", ["APPLICATION_ID"]])
+@pytest.mark.parametrize(
+    "settings, field, value",
+    [
+        ({"DURABILITY": "maybe"}, "durability", "batched"),
+        ({"BATCH_SIZE": 0}, "batch_size", 100),
+        ({"BATCH_SIZE": "many"}, "batch_size", 100),
+        ({"EVENT_BATCH_TIMEOUT": -1}, "event_batch_timeout", 1.0),
+        ({"EVENT_BATCH_TIMEOUT": "1"}, "event_batch_timeout", 1.0),
+        ({"FLUSHER": "thread"}, "flusher", "embedded"),
+        ({"MAX_BODY_BYTES": -5}, "max_body_bytes", 256 * 1024),
+        ({"CALLBACK_TIMEOUT": 0}, "callback_timeout", 2.0),
+        ({"SKIP": "not callable"}, "skip", None),
+        ({"IDENTIFY_USER": 42}, "identify_user", None),
+    ],
+)
+def test_a_setting_the_original_tolerated_gets_its_default_with_a_warning(settings, field, value, caplog):
+    with caplog.at_level(logging.WARNING, logger="moesifasgi"):
+        middleware = MoesifMiddleware(FastAPI(), settings={"APPLICATION_ID": "x", **settings})
+    assert getattr(middleware.settings, field) == value
+    [key] = settings
+    assert [r for r in caplog.records if key in r.getMessage()]
+
+
+def test_settings_of_the_original_mean_what_they_meant_there(caplog):
+    with caplog.at_level(logging.WARNING, logger="moesifasgi"):
+        middleware = MoesifMiddleware(FastAPI(), settings={
+            "APPLICATION_ID": "x", "BATCH_SIZE": 100.0, "EVENT_QUEUE_SIZE": 0, "EVENT_WORKER_COUNT": 0,
+            "SKIP": False, "EVENT_BATCH_TIMEOUT": 2})
+    s = middleware.settings
+    assert s.batch_size == 100 and type(s.batch_size) is int
+    assert s.event_queue_size >= 2 ** 62  # 0 made the original's queue.Queue unbounded
+    assert s.flush_concurrency == 4 and s.skip is None and s.event_batch_timeout == 2.0
+    assert caplog.records == []  # all of these are what the original accepted silently
+
+
+def test_event_queue_size_0_records_every_call_as_the_originals_unbounded_queue_did(queue_path):
+    client = TestClient(make_app(queue_path, EVENT_QUEUE_SIZE=0, BATCH_SIZE=100.0))
+    for _ in range(3):
+        assert client.get("/ok").status_code == 200
+    assert len(read_events(queue_path)) == 3
+    assert read_counter(queue_path, "dropped") == 0
+
+
+def test_the_middleware_is_built_the_original_ways_and_its_settings_read_like_a_dict(queue_path):
+    settings = {"APPLICATION_ID": "app-id", "QUEUE_PATH": queue_path, "LOG_BODY": False}
+    for middleware in (MoesifMiddleware(settings=settings), MoesifMiddleware(settings),
+                       MoesifMiddleware(settings, FastAPI()), MoesifMiddleware(app=FastAPI(), settings=settings)):
+        assert middleware.settings["APPLICATION_ID"] == "app-id"
+        assert middleware.settings.get("LOG_BODY") is False and "QUEUE_PATH" in middleware.settings
+        assert middleware.settings.get("DEBUG", "unset") == "unset" and dict(middleware.settings) == settings
+        assert middleware.settings.copy() == settings and len(middleware.settings) == 3
+    assert MoesifMiddleware(settings, FastAPI()).app is not None
+    assert MoesifMiddleware(settings=settings).update_user({"user_id": "u1"}).result(10) == 1
+
+
+@pytest.mark.parametrize("settings", ["APPLICATION_ID=x", ["APPLICATION_ID"]])
 def test_settings_that_are_not_a_dict_are_a_type_error(settings):
     with pytest.raises(TypeError, match="settings must be a dict"):
         MoesifMiddleware(FastAPI(), settings=settings)
 
 
-@pytest.mark.parametrize("callback", ["IDENTIFY_USER", "IDENTIFY_COMPANY", "GET_METADATA", "GET_SESSION_TOKEN", "SKIP"])
-def test_a_callback_that_raises_leaves_the_response_alone_and_drops_the_event(queue_path, callback, caplog):
+@pytest.mark.parametrize("callback", ["IDENTIFY_USER", "IDENTIFY_COMPANY", "GET_METADATA", "GET_SESSION_TOKEN"])
+def test_a_callback_that_raises_leaves_its_field_out_and_the_event_is_recorded(queue_path, callback, caplog):
     async def broken(request, response):
-        raise RuntimeError("callback bug")
+        return request.state.user.id  # an anonymous call has no user: AttributeError
 
-    client = TestClient(make_app(queue_path, **{callback: broken}))
+    fields = {"IDENTIFY_USER": "user_id", "IDENTIFY_COMPANY": "company_id", "GET_METADATA": "metadata",
+              "GET_SESSION_TOKEN": "session_token"}
+    others = {name: (lambda request, response: {"k": "v"}) if name == "GET_METADATA" else
+              (lambda request, response: "x") for name in fields if name != callback}
+    client = TestClient(make_app(queue_path, **others, **{callback: broken}))
     with caplog.at_level(logging.WARNING, logger="moesifasgi"):
         for _ in range(5):
             response = client.get("/ok")
             assert response.status_code == 200 and response.json() == {"ok": True}
-    assert read_events(queue_path) == []
-    assert read_counter(queue_path, "dropped") == 5
+    events = read_events(queue_path)
+    assert len(events) == 5
+    for event in events:
+        assert fields[callback] not in event
+        assert all(fields[name] in event for name in others)
+    assert read_counter(queue_path, "dropped") == 0
+    assert read_problems(queue_path) == {f"callback-raised:{callback}": 5}
     assert len([r for r in caplog.records if callback in r.getMessage()]) == 1
+
+
+def test_a_skip_that_raises_means_not_skipped(queue_path):
+    client = TestClient(make_app(queue_path, SKIP=lambda request, response: 1 / 0))
+    client.get("/ok")
+    assert len(read_events(queue_path)) == 1
+    assert read_problems(queue_path) == {"callback-raised:SKIP": 1}
+
+
+def test_a_callback_that_hangs_is_cut_at_callback_timeout_and_the_event_is_recorded(queue_path):
+    async def slow_user(request, response):
+        await asyncio.sleep(30)
+
+    async def company(request, response):
+        return "acme"
+
+    client = TestClient(make_app(queue_path, IDENTIFY_USER=slow_user, IDENTIFY_COMPANY=company,
+                                 CALLBACK_TIMEOUT=0.3))
+    started = time.monotonic()
+    assert client.get("/ok").status_code == 200
+    [event] = read_events(queue_path)
+    assert "user_id" not in event and event["company_id"] == "acme"
+    assert time.monotonic() - started < 10
+    assert read_problems(queue_path) == {"callback-timeout:IDENTIFY_USER": 1}
+
+
+def test_in_strict_mode_callback_timeout_bounds_how_long_the_response_is_held(queue_path):
+    async def slow_user(request, response):
+        await asyncio.sleep(20)
+
+    app = make_app(queue_path, IDENTIFY_USER=slow_user, CALLBACK_TIMEOUT=0.5, DURABILITY="strict")
+    client = TestClient(app)
+    started = time.monotonic()
+    assert client.get("/ok").status_code == 200
+    held = time.monotonic() - started
+    assert 0.5 <= held < 15  # the callback's 20 s never reach the client
+    assert len(read_events(queue_path)) == 1
 
 
 def test_a_20_mb_upload_reaches_the_app_whole_and_the_event_keeps_a_bounded_prefix(queue_path):

@@ -18,7 +18,7 @@ from moesifasgi_flush.client import MoesifClient
 from moesifasgi_flush.local_collector import LocalCollector
 
 from ._compat import close_client_with_a_stream_let_go
-from .conftest import read_counter, read_events
+from .conftest import read_counter, read_events, read_problems
 from .outgoing_support import capture, refused_url, target  # noqa: F401  (fixtures)
 
 
@@ -245,10 +245,13 @@ def test_async_callbacks_work_with_a_sync_client_in_a_thread(capture, target, qu
     assert [e["request"]["uri"] for e in read_events(queue_path)] == [target.url + "/json"]
 
 
-def test_a_failing_mask_drops_the_event_but_never_the_call(capture, target, queue_path):
+def test_a_failing_mask_records_a_minimal_event_and_never_fails_the_call(capture, target, queue_path):
     capture(MASK_EVENT_MODEL=lambda event: "not an event")
-    assert httpx.get(target.url + "/json").status_code == 200
-    assert read_events(queue_path) == [] and read_counter(queue_path, "dropped") == 1
+    assert httpx.get(target.url + "/json?secret=1").status_code == 200
+    [event] = read_events(queue_path)
+    assert event["request"]["uri"] == target.url + "/json" and event["request"]["headers"] == {}
+    assert event["direction"] == "Outgoing" and "body" not in event["response"]
+    assert read_problems(queue_path) == {"mask-failed": 1} and read_counter(queue_path, "dropped") == 0
 
 
 async def test_the_flushers_posts_to_moesif_are_never_captured(capture, target, queue_path):

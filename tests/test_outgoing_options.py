@@ -15,7 +15,7 @@ from moesifasgi.queue_writer import writer_for
 from moesifasgi.sampling import SamplingConfig
 from moesifasgi.settings import parse_settings
 
-from .conftest import read_counter, read_events
+from .conftest import read_counter, read_events, read_problems
 from .outgoing_support import capture, refused_url, target  # noqa: F401  (fixtures)
 
 
@@ -103,7 +103,7 @@ def test_mask_event_model_applies_to_outgoing_events(capture, target, queue_path
 
 def test_server_side_sampling_applies_to_outgoing_events(capture, target, queue_path):
     settings = capture(IDENTIFY_USER_OUTGOING=lambda req, res: req.headers.get("X-User"))
-    writer_for(settings.queue_path, settings.event_queue_size).shared.sampling = SamplingConfig.from_dict(
+    writer_for(settings.queue_path, settings.event_queue_size, settings.application_id).shared.sampling = SamplingConfig.from_dict(
         {"sample_rate": 0, "user_sample_rate": {"ann": 100}}
     )
     requests.get(target.url + "/json")
@@ -112,11 +112,13 @@ def test_server_side_sampling_applies_to_outgoing_events(capture, target, queue_
     assert event["user_id"] == "ann" and event["weight"] == 1
 
 
-def test_a_failing_callback_drops_the_event_but_never_the_call(capture, target, queue_path):
-    capture(IDENTIFY_USER_OUTGOING=lambda req, res: 1 / 0)
+def test_a_failing_callback_leaves_its_field_out_and_never_fails_the_call(capture, target, queue_path):
+    capture(IDENTIFY_USER_OUTGOING=lambda req, res: 1 / 0, IDENTIFY_COMPANY_OUTGOING=lambda req, res: "acme")
     assert requests.get(target.url + "/json").json()["ok"] is True
-    assert read_events(queue_path) == []
-    assert read_counter(queue_path, "dropped") == 1
+    [event] = read_events(queue_path)
+    assert "user_id" not in event and event["company_id"] == "acme"
+    assert read_counter(queue_path, "dropped") == 0
+    assert read_problems(queue_path) == {"callback-raised:IDENTIFY_USER_OUTGOING": 1}
 
 
 def test_our_own_errors_never_reach_the_caller(capture, target, queue_path, monkeypatch, caplog):

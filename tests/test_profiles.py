@@ -44,31 +44,54 @@ def collector():
         yield running
 
 
-@pytest.mark.parametrize("profile", [{"metadata": {"a": 1}}, {"user_id": ""}, {"user_id": None},
-                                     UserModel(metadata={"a": 1}), '{"company_id": "c"}'])
-def test_a_user_profile_without_a_user_id_is_a_value_error_and_nothing_is_queued(queue_path, profile):
-    with pytest.raises(ValueError, match="user_id"):
-        profiles.update_user(profile, queue_path=queue_path)
-    with pytest.raises(ValueError, match="user_id"):
-        profiles.update_users_batch([{"user_id": "ok"}, profile], queue_path=queue_path)
-    storage.connect(queue_path).close()
-    assert queued(queue_path) == []
+def problem_counts(path):
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT reason, count FROM problem_counts"))
+    finally:
+        conn.close()
 
 
-def test_a_company_profile_without_a_company_id_is_a_value_error(queue_path):
-    with pytest.raises(ValueError, match="company_id"):
-        profiles.update_company({"company_domain": "acme.com"}, queue_path=queue_path)
-    with pytest.raises(ValueError, match="company_id"):
-        profiles.update_companies_batch([CompanyModel(company_domain="acme.com")], queue_path=queue_path)
+@pytest.mark.parametrize("profile", [{"metadata": {"a": 1}}, {"user_id": ""}, {"user_id": None}, None, {},
+                                     UserModel(metadata={"a": 1}), '{"company_id": "c"}', 42, "not json"])
+def test_an_invalid_user_profile_never_raises_is_left_out_and_counted(queue_path, profile, caplog):
+    assert profiles.update_user(profile, queue_path=queue_path).result(10) == 0
+    assert profiles.update_users_batch([{"user_id": "ok"}, profile], queue_path=queue_path).result(10) == 1
+    assert [pid for _, pid, _ in queued(queue_path)] == ["ok"]
+    assert counts(queue_path)["profiles_dropped"] == 2
+    assert problem_counts(queue_path) == {"profile-invalid:user": 2}
+    assert len([r for r in caplog.records if "user profile was not queued" in r.getMessage()]) == 1
 
 
-def test_profiles_of_the_wrong_type_are_type_errors(queue_path):
-    with pytest.raises(TypeError, match="UserModel"):
-        profiles.update_user(42, queue_path=queue_path)
-    with pytest.raises(TypeError, match="list of profiles"):
-        profiles.update_users_batch({"user_id": "u1"}, queue_path=queue_path)
-    with pytest.raises(ValueError, match="JSON object"):
-        profiles.update_user("not json", queue_path=queue_path)
+def test_an_invalid_company_profile_never_raises(queue_path):
+    assert profiles.update_company({"company_domain": "acme.com"}, queue_path=queue_path).result(10) == 0
+    assert profiles.update_companies_batch([CompanyModel(company_domain="acme.com")],
+                                           queue_path=queue_path).result(10) == 0
+    assert problem_counts(queue_path) == {"profile-invalid:company": 2}
+
+
+@pytest.mark.parametrize("batch", [{"user_id": "u1"}, None, 42, "u1"])
+def test_a_batch_that_is_not_a_list_never_raises_and_is_counted(queue_path, batch):
+    assert profiles.update_users_batch(batch, queue_path=queue_path).result(10) == 0
+    assert problem_counts(queue_path) == {"profile-invalid:user": 1}
+
+
+def test_a_middleware_profile_update_inside_a_request_never_becomes_a_500(queue_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from moesifasgi import MoesifMiddleware
+
+    middleware = MoesifMiddleware(settings={"APPLICATION_ID": "app-id", "QUEUE_PATH": queue_path})
+    app = FastAPI()
+
+    @app.get("/signup")
+    def signup():
+        futures = [middleware.update_user(None), middleware.update_company({}),
+                   middleware.update_users_batch([{}]), middleware.update_companies_batch(None)]
+        return {"queued": [f.result(10) for f in futures]}
+
+    assert TestClient(app).get("/signup").json() == {"queued": [0, 0, 0, 0]}
 
 
 def test_dicts_models_and_json_text_are_queued_as_moesif_expects_them(queue_path):
@@ -95,9 +118,9 @@ def test_dicts_models_and_json_text_are_queued_as_moesif_expects_them(queue_path
 async def test_inside_a_running_loop_the_call_returns_before_the_write(queue_path, monkeypatch):
     insert = profiles._ProfileWriter._insert
 
-    def slow_insert(self, path, rows):
+    def slow_insert(self, *args):
         time.sleep(0.3)
-        return insert(self, path, rows)
+        return insert(self, *args)
 
     monkeypatch.setattr(profiles._ProfileWriter, "_insert", slow_insert)
     started = time.monotonic()
@@ -111,8 +134,7 @@ def test_the_queue_comes_from_the_argument_then_the_middleware_then_the_environm
     monkeypatch.setattr(profiles, "_registered", [])
     monkeypatch.delenv("MOESIF_QUEUE_PATH", raising=False)
     monkeypatch.delenv("MOESIF_APPLICATION_ID", raising=False)
-    with pytest.raises(ValueError, match="no queue for profiles"):
-        profiles.update_user({"user_id": "u"})
+    assert profiles.update_user({"user_id": "u"}).result(10) == 0  # logged, never raised
     monkeypatch.setenv("MOESIF_QUEUE_PATH", str(tmp_path / "env.sqlite"))
     profiles.update_user({"user_id": "from-env"})
     profiles.use_queue_path(str(tmp_path / "mw.sqlite"))
@@ -138,7 +160,7 @@ def test_an_existing_version_1_queue_gains_the_profiles_table_and_keeps_its_rows
     conn.close()
     monkeypatch.setattr(storage, "migrations", lambda: shipped)
     conn = storage.connect(queue_path)
-    assert storage.schema_version(conn) == 2
+    assert storage.schema_version(conn) == storage.latest_version()
     assert conn.execute("SELECT kind FROM dead_letters").fetchall() == [("event",)]
     conn.close()
 

@@ -112,3 +112,63 @@ def test_processes_racing_to_create_the_queue_migrate_it_exactly_once(tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM applied").fetchone()[0] == 1
     assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 6
     assert conn.execute("SELECT value FROM counters WHERE name='pending'").fetchone()[0] == 6
+
+
+def _snapshot(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_read_only_open_reads_the_queue_and_refuses_every_write(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    conn = storage.connect(path)
+    conn.execute("INSERT INTO events (transaction_id, created_at, body) VALUES ('t', 1, '{}')")
+    conn.close()
+    before = _snapshot(path)
+    ro = storage.connect_readonly(path)
+    assert ro.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()[0] == 1
+    with pytest.raises(sqlite3.OperationalError):
+        ro.execute("DELETE FROM events")
+    ro.close()
+    assert _snapshot(path) == before
+
+
+def test_a_read_only_open_leaves_another_sqlite_file_exactly_as_it_was(tmp_path):
+    other = tmp_path / "app.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = _snapshot(other)
+    with pytest.raises(storage.QueueError, match="is not a moesifasgi queue"):
+        storage.connect_readonly(str(other))
+    assert _snapshot(other) == before
+    conn = sqlite3.connect(other)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
+    conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a database at all" * 200])
+def test_a_read_only_open_refuses_a_file_that_is_not_a_queue_in_one_line(tmp_path, content):
+    path = tmp_path / "x.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(storage.QueueError) as caught:
+        storage.connect_readonly(str(path))
+    assert "is not a moesifasgi queue" in str(caught.value) and "\n" not in str(caught.value)
+    assert path.read_bytes() == content
+
+
+def test_a_read_only_open_never_creates_or_migrates(tmp_path):
+    missing = tmp_path / "nope.sqlite"
+    with pytest.raises(storage.QueueError, match="no queue file"):
+        storage.connect_readonly(str(missing))
+    assert not missing.exists()
+    path = str(tmp_path / "q.sqlite")
+    storage.connect(path).execute(f"PRAGMA user_version = {storage.latest_version() + 1}")
+    with pytest.raises(storage.SchemaTooNewError):
+        storage.connect_readonly(path)
+    storage.connect(path, migrate=False).execute(f"PRAGMA user_version = {storage.latest_version() - 1}")
+    storage.connect_readonly(path).close()  # an older queue is read as it is, never migrated
+    assert storage.schema_version(storage.connect(path, migrate=False)) == storage.latest_version() - 1

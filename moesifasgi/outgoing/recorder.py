@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 from urllib.parse import urlsplit
 
-from ..callbacks import CallbackError, invoke
-from ..event_builder import route_of
-from ..masking import MaskingError
 from ..pipeline import EventPipeline
+from ..recording import CallbackSet, Identity, RecordingSequence
 from ..settings import Settings
 from ..sync_bridge import WouldBlock, is_async_callable, run_on_private_loop, run_without_loop, running_loop, spawn
 from .event import OutgoingCall, build_event
@@ -44,12 +42,11 @@ class OutgoingRecorder:
         s = settings
         self.log_body = s.log_body_outgoing
         self.body_limit = s.max_body_bytes
+        callbacks = CallbackSet("_OUTGOING", s.skip_outgoing, s.identify_user_outgoing, s.identify_company_outgoing,
+                                s.get_session_token_outgoing, s.get_metadata_outgoing)
+        self.sequence = RecordingSequence(self.pipeline, callbacks, s.callback_timeout)
         # With only plain callbacks, recording never waits and needs no event loop.
-        self.may_await = any(
-            is_async_callable(f)
-            for f in (s.skip_outgoing, s.identify_user_outgoing, s.identify_company_outgoing,
-                      s.get_session_token_outgoing, s.get_metadata_outgoing, s.mask_event_model)
-        )
+        self.may_await = callbacks.any_async() or is_async_callable(s.mask_event_model)
         self._base = s.base_uri.rstrip("/").lower()
 
     # -- which calls to capture ---------------------------------------------------------
@@ -80,9 +77,7 @@ class OutgoingRecorder:
         token = _in_recorder.set(True)
         try:
             if not self.may_await:
-                event = run_without_loop(self._build(call))
-                if event is not None:
-                    self.pipeline.persist_sync(event)
+                run_without_loop(self._record(call))
                 return
             loop = running_loop()
             if loop is None:
@@ -92,8 +87,10 @@ class OutgoingRecorder:
                 # thread runs (a sync call inside a coroutine, or a cancellation):
                 # the loop finishes the recording instead.
                 spawn(loop, self.arecord(call))
-        except Exception as exc:
-            self._failed(exc)
+        except WouldBlock as exc:
+            self.pipeline.drop("callback-awaitable", "moesifasgi: %s; the outgoing event was dropped", exc)
+        except Exception:
+            self.internal_error()
         finally:
             _in_recorder.reset(token)
 
@@ -105,68 +102,28 @@ class OutgoingRecorder:
         token = _in_recorder.set(True)
         try:
             await self._record(call)
-        except Exception as exc:
-            self._failed(exc)
         finally:
             _in_recorder.reset(token)
 
-    async def _record(self, call: OutgoingCall) -> None:
-        event = await self._build(call)
-        if event is not None:
-            await self.pipeline.persist(event)
-
-    async def _build(self, call: OutgoingCall) -> Optional[Dict[str, Any]]:
+    async def _record(self, call: OutgoingCall) -> bool:
         s = self.settings
-        request, response = call.request, call.response
-        if s.skip_outgoing is not None and await invoke("SKIP_OUTGOING", s.skip_outgoing, request, response):
-            return None
-        user_id = company_id = None
-        if s.identify_user_outgoing is not None:
-            user_id = await invoke("IDENTIFY_USER_OUTGOING", s.identify_user_outgoing, request, response)
-        if s.identify_company_outgoing is not None:
-            company_id = await invoke("IDENTIFY_COMPANY_OUTGOING", s.identify_company_outgoing, request, response)
-        user_id = None if user_id is None else str(user_id)
-        company_id = None if company_id is None else str(company_id)
 
-        rate = 100.0
-        if self.pipeline.writer.shared.sampling is not None:
-            rate = self.pipeline.sampling_rate(
-                verb=call.method, route=route_of(call.url), ip_address=None, status=call.status,
-                user_id=user_id, company_id=company_id,
+        def build(identity: Identity) -> Dict[str, Any]:
+            return build_event(
+                call,
+                body_limit=self.body_limit,
+                api_version=s.api_version,
+                user_id=identity.user_id,
+                company_id=identity.company_id,
+                session_token=identity.session_token,
+                metadata=identity.metadata,
+                weight=identity.weight,
             )
-            if not self.pipeline.sampled_in(rate):
-                return None
 
-        session_token = metadata = None
-        if s.get_session_token_outgoing is not None:
-            session_token = await invoke("GET_SESSION_TOKEN_OUTGOING", s.get_session_token_outgoing, request, response)
-        if s.get_metadata_outgoing is not None:
-            metadata = await invoke("GET_METADATA_OUTGOING", s.get_metadata_outgoing, request, response)
-        event = build_event(
-            call,
-            body_limit=self.body_limit,
-            api_version=s.api_version,
-            user_id=user_id,
-            company_id=company_id,
-            session_token=None if session_token is None else str(session_token),
-            metadata=metadata,
-            weight=self.pipeline.weight(rate),
+        return await self.sequence.record(
+            lambda: (call.request, call.response), build,
+            verb=call.method, uri=call.url, ip_address=None, status=call.status,
         )
-        if s.debug:
-            logger.debug("moesifasgi: queueing outgoing event %s %s -> %s", call.method, call.url, call.status)
-        return event
-
-    # -- our own failures ---------------------------------------------------------------
-
-    def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, CallbackError):
-            self.pipeline.drop(f"callback-{exc.name}", "moesifasgi: %s; the outgoing event was dropped", exc)
-        elif isinstance(exc, MaskingError):
-            self.pipeline.drop("masking", "moesifasgi: %s", exc)
-        elif isinstance(exc, WouldBlock):
-            self.pipeline.drop("callback-awaitable", "moesifasgi: %s; the outgoing event was dropped", exc)
-        else:
-            self.internal_error()
 
     def internal_error(self) -> None:
         """Count a drop and log the exception being handled (once per interval)."""

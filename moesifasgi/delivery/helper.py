@@ -2,7 +2,7 @@
 
 One web worker starts it (see `helper_supervisor.py`) as
 
-    python -m moesifasgi_flush.helper
+    python -m moesifasgi.delivery.helper
 
 configured through its environment, so that the application id never shows in
 `ps`. It is `moesif-flush run` with three differences: it gives up instead of
@@ -27,7 +27,7 @@ from .flusher import Flusher, FlusherOptions
 from .lease import LEASE_SECONDS, RENEW_INTERVAL
 from .pump import BATCH_WAIT
 
-logger = logging.getLogger("moesifasgi_flush.helper")
+logger = logging.getLogger("moesifasgi.delivery.helper")
 
 PARENT_CHECK_INTERVAL = 1.0
 _PR_SET_PDEATHSIG = 1

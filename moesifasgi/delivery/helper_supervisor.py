@@ -4,7 +4,7 @@ Every worker runs one `HelperSupervisor` task on its event loop. Every few
 seconds it looks at the lease (a read, no lock): while some live process holds
 it, there is nothing to do. When the lease is free or expired, the worker that
 gets the spawn lock (an flock next to the queue file) starts
-`python -m moesifasgi_flush.helper` and holds the lock until the helper leads,
+`python -m moesifasgi.delivery.helper` and holds the lock until the helper leads,
 so that workers noticing at the same moment do not start one helper each.
 
 The helper is the worker's child: it dies with the worker (PR_SET_PDEATHSIG, and a
@@ -34,6 +34,8 @@ try:
 except ImportError:  # Windows: no flock to elect the worker that starts the helper
     fcntl = None  # type: ignore[assignment]
 
+from moesifasgi.queue_location import open_private_file
+
 from .async_db import AsyncDB
 from .lease import LEASE_SECONDS, current_leader
 
@@ -46,7 +48,7 @@ CHECK_INTERVAL = 3.0
 # A helper that has not taken the lease by then is presumed stuck; the lock is let
 # go so that another check (ours or another worker's) can try again.
 SPAWN_TIMEOUT = 15.0
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class HelperSupervisor:
         return await self._db.run(_has_leader)
 
     def _try_spawn_lock(self) -> Optional[IO[bytes]]:
-        fd = os.open(self.settings.queue_path + ".helper-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private_file(self.settings.queue_path + ".helper-lock")
         handle = os.fdopen(fd, "rb+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -142,7 +144,7 @@ class HelperSupervisor:
         # when the *thread* that forked the child exits, and a pool thread may.
         try:
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "moesifasgi_flush.helper"], env=self._child_env(),
+                [sys.executable, "-m", "moesifasgi.delivery.helper"], env=self._child_env(),
                 stdin=subprocess.DEVNULL, close_fds=True)
         except OSError as exc:
             logger.warning("moesifasgi: cannot start the flusher helper process (%s: %s); "

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, TypeVar
 
-from moesifasgi import storage
+from moesifasgi.storage.queue_file import QueueFile
 
 T = TypeVar("T")
 
@@ -34,21 +33,22 @@ class AsyncDB:
     def __init__(self, path: str, *, in_loop: bool = False) -> None:
         self.path = path
         self.in_loop = in_loop
-        self._conn: Optional[sqlite3.Connection] = None
-        self._identity: Optional[Tuple[int, int]] = None
+        # The flusher holds the disk reserve: on a full disk it is what lets
+        # delivery, which frees space, carry on (see moesifasgi.storage.space).
+        self.file = QueueFile(path, reserve=True)
         self._executor: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="moesif-flush-db")
 
     def _call(self, fn: Callable[..., T], args: tuple, kwargs: Dict[str, Any]) -> T:
-        if self._conn is not None and storage.file_identity(self.path) != self._identity:
-            # The file or its directory was removed or replaced: the workers write
-            # to the new file now, and draining the old inode would strand them.
-            logger.warning("queue file %s was removed or replaced; reopening", self.path)
-            self._close_conn()
-        if self._conn is None:
-            self._conn = storage.connect(self.path)
-            self._identity = storage.file_identity(self.path)
-        return fn(self._conn, *args, **kwargs)
+        # A replaced file is reopened by QueueFile (the workers write to the new
+        # one: draining the old inode would strand them). A corrupt file is moved
+        # aside and a full disk gets the reserve back: then one more try.
+        try:
+            return fn(self.file.connection(), *args, **kwargs)
+        except Exception as exc:
+            if not self.file.recover(exc):
+                raise
+        return fn(self.file.connection(), *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._executor is None:
@@ -58,9 +58,7 @@ class AsyncDB:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args, kwargs)
 
     def _close_conn(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.file.close()
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None

@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Optional
 
-from . import queue_store as qs
+from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .client import MoesifClient
 

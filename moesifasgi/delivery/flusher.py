@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import httpx
 
-from . import queue_store as qs
+from moesifasgi.storage import maintenance, salvage
+
+from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import DEFAULT_BASE_URI, MoesifClient
-from .delivery import AUTH_PROBE_INTERVAL, Delivery
+from .posting import AUTH_PROBE_INTERVAL, Delivery
 from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
 from .pump import BATCH_WAIT, CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
 from .profile_delivery import deliver_profiles, release_profiles, run_profile_delivery
@@ -53,6 +56,13 @@ class FlusherOptions:
     backoff_max: float = 60.0
     shutdown_grace: float = 5.0
     db_in_loop: bool = False  # see AsyncDB: only where the loop belongs to the flusher
+    # How often the leader looks for corrupt files to salvage and free pages to
+    # give back to the disk (moesifasgi.storage.salvage / .maintenance).
+    maintenance_interval: float = 10.0
+
+
+def _salvage_into_live(conn: "sqlite3.Connection", queue_path: str) -> None:
+    salvage.salvage_moved_files(queue_path, conn)
 
 
 class Flusher:
@@ -148,6 +158,7 @@ class Flusher:
         profile_task = asyncio.ensure_future(run_profile_delivery(
             self.db, self.client, owner=self.owner, paused=self.delivery.pause_remaining))
         pump_task = asyncio.ensure_future(pump.run(grace=self.options.shutdown_grace))
+        maintenance_task = asyncio.ensure_future(self._maintain())
         try:
             assert self._stop is not None
             while not self._stop.is_set() and not pump_task.done():
@@ -170,12 +181,31 @@ class Flusher:
             try:
                 await pump_task
             finally:
-                config_task.cancel()
-                profile_task.cancel()
-                await asyncio.gather(config_task, profile_task, return_exceptions=True)
+                for task in (config_task, profile_task, maintenance_task):
+                    task.cancel()
+                await asyncio.gather(config_task, profile_task, maintenance_task, return_exceptions=True)
                 self._sent_before += pump.sent
                 self._pump = None
                 self.is_leader = False
+
+    async def _maintain(self) -> None:
+        """While leader: deliver what corrupt files moved aside still hold, and give
+        the pages of a drained backlog back to the disk, a step at a time."""
+        failing = False
+        while True:
+            try:
+                if salvage.moved_files(self.queue_path):
+                    await self.db.run(_salvage_into_live, self.queue_path)
+                if await self.db.run(maintenance.worth_compacting):
+                    while await self.db.run(maintenance.compact_step) > 0:
+                        await asyncio.sleep(0.05)  # the web workers' writers get the lock in between
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                (logger.debug if failing else logger.warning)("queue maintenance failed: %s", exc)
+                failing = True
+            await asyncio.sleep(self.options.maintenance_interval)
 
     def _new_pump(self) -> Pump:
         o = self.options
@@ -224,6 +254,8 @@ class Flusher:
         """Post everything pending now; stop early at `max_seconds` or on an auth error."""
         started = time.monotonic()
         deadline = None if max_seconds is None else started + max_seconds
+        if salvage.moved_files(self.queue_path):  # what a corrupt file moved aside still holds goes too
+            await self.db.run(_salvage_into_live, self.queue_path)
         pump = self._draining = self._new_pump()
         reporter = asyncio.ensure_future(self._report(pump, progress)) if progress else None
         try:
@@ -241,11 +273,19 @@ class Flusher:
         remaining = await self.db.run(qs.pending)
         return pump.stats(remaining, time.monotonic() - started)
 
-    def interrupt_drain(self) -> None:
-        """Make a running `drain()` stop claiming and return (signal handlers call this)."""
+    def interrupt_drain(self, reason: str = "interrupted") -> None:
+        """Make a running `drain()` stop claiming and return (signal handlers call this);
+        `reason` becomes its DrainStats.error."""
         if self._draining is not None:
-            self._draining.last_error = "interrupted"
+            self._draining.last_error = reason
             self._draining.request_stop()
+
+    def hurry(self) -> None:
+        """Post partial batches at once from now on: a daemon draining its backlog
+        before it stops has no time to wait for full ones."""
+        self.options = replace(self.options, batch_wait=0.0)
+        if self._pump is not None:
+            self._pump.batch_wait = 0.0
 
     @staticmethod
     async def _report(pump: Pump, progress: Callable[[int], None]) -> None:

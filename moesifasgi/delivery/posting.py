@@ -17,17 +17,17 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-from . import queue_store as qs
+from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
-from .client import AUTH, OK, REJECT, TOO_LARGE, MoesifClient, PostResult
+from .client import AUTH, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult
+from .splitting import post_isolating
 
 logger = logging.getLogger(__name__)
 
 AUTH_PROBE_INTERVAL = 300.0
-_SPLIT_STATUSES = frozenset({400, 413})
 _TOO_OLD_REASON = "older than 30 days: Moesif accepts events up to 30 days old"
 _STATE_WRITE_INTERVAL = 1.0  # last_success_at / last_error: at most one write a second
 
@@ -60,11 +60,16 @@ class Delivery:
         self.auth_blocked = False
         self.errors = 0  # consecutive failed posts, reset by a success
         self.failed_posts = 0  # every failed post, for the daemon's periodic log line
+        # Failed posts by outcome (retry, auth, reject, too_large), for the daemon's
+        # metrics; every key exists up front so a reader on another thread can copy it.
+        self.failures = {RETRY: 0, AUTH: 0, REJECT: 0, TOO_LARGE: 0}
+        self.last_failure: Optional[str] = None  # what the last failed post said, for drain's last line
         self._failing = False
         self._last_success_write = 0.0
         self._last_error_write = 0.0
         self._too_old = 0
         self._too_old_logged = -3600.0
+        self._apps: Dict[int, str] = {}  # apps.id -> application id, read when a new one shows up
 
     def pause_remaining(self) -> float:
         return max(0.0, self.paused_until - time.monotonic())
@@ -82,31 +87,36 @@ class Delivery:
                 logger.warning("moved %d events older than 30 days to the dead letters", self._too_old)
                 self._too_old, self._too_old_logged = 0, time.monotonic()
             rows = [r for r in rows if r.created_at >= cutoff]
-        stack = [list(rows)] if rows else []
-        whole = True
-        while stack:
-            part = stack.pop()
-            result = await self.client.post_events([r.body for r in part])
+        application_id = await self._application_id(rows[0].app) if rows else None
+
+        async def post(part: List[qs.Row]) -> PostResult:
+            result = await self.client.post_events([r.body for r in part], application_id)
             if result.config_etag and self.on_config_etag is not None:
                 self.on_config_etag(result.config_etag)
-            if result.outcome == OK:
-                await self._accepted(part, out, defer=defer_ack and whole)
-            elif result.outcome in (REJECT, TOO_LARGE) and result.status in _SPLIT_STATUSES:
-                if len(part) == 1:
-                    await self._reject_alone(part[0], result, out)
-                else:
-                    whole = False
-                    middle = len(part) // 2
-                    stack.append(part[middle:])
-                    stack.append(part[:middle])  # popped first: keep queue order
-            else:
-                ids = [r.id for p in [part, *stack] for r in p]
-                await self.db.run(qs.release, self.owner, ids)
-                out.released.extend(ids)
-                out.error = result.outcome
-                await self._failed(result)
-                return out
+            return result
+
+        async def accepted(part: List[qs.Row], whole: bool) -> None:
+            await self._accepted(part, out, defer=defer_ack and whole)
+
+        async def rejected(row: qs.Row, result: PostResult) -> None:
+            await self._reject_alone(row, result, out)
+
+        failure, unsent = await post_isolating(rows, post, accepted=accepted, rejected=rejected)
+        if failure is not None:
+            ids = [r.id for r in unsent]
+            await self.db.run(qs.release, self.owner, ids)
+            out.released.extend(ids)
+            out.error = failure.outcome
+            await self._failed(failure)
         return out
+
+    async def _application_id(self, app: Optional[int]) -> Optional[str]:
+        """The application id a batch of app `app` is posted under (None: the client's)."""
+        if app is None:
+            return None
+        if app not in self._apps:
+            self._apps = await self.db.run(qs.application_ids)
+        return self._apps.get(app)
 
     async def _accepted(self, part: List[qs.Row], out: Outcome, defer: bool) -> None:
         now = time.time()
@@ -132,11 +142,18 @@ class Delivery:
         out.dead_lettered += await self.db.run(qs.dead_letter, self.owner, [row.id], result.status, reason)
         logger.warning("Moesif rejected event %s (%s); it was moved to the dead letters", row.transaction_id, reason)
         self.failed_posts += 1
+        self._count_failure(result)
         await self._record_error(result)
+
+    def _count_failure(self, result: PostResult) -> None:
+        kind = result.outcome if result.outcome in self.failures else RETRY
+        self.failures[kind] += 1
+        self.last_failure = result.error or (f"HTTP {result.status}" if result.status else result.outcome)
 
     async def _failed(self, result: PostResult) -> None:
         self.errors += 1
         self.failed_posts += 1
+        self._count_failure(result)
         now = time.monotonic()
         if result.outcome == AUTH:
             self.paused_until = max(self.paused_until, now + self.auth_probe_interval)
