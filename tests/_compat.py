@@ -14,9 +14,10 @@ def _requests_based(client_class: type) -> bool:
 
 def accept_content_on_old_testclients() -> None:
     """Starlette before 0.21 (FastAPI 0.78 ships 0.19) builds its TestClient on
-    requests, which names a raw request body `data=`; httpx, under the newer
-    TestClient, names it `content=`. On the old client `content=` is passed on
-    as `data=`, which sends the same bytes."""
+    requests, which names a raw request body `data=` and redirects
+    `allow_redirects=`; httpx, under the newer TestClient, names them `content=`
+    and `follow_redirects=`. On the old client the httpx names are passed on
+    under the requests ones, which mean the same."""
     from starlette.testclient import TestClient
 
     if not _requests_based(TestClient) or getattr(TestClient.request, "_takes_content", False):
@@ -24,8 +25,9 @@ def accept_content_on_old_testclients() -> None:
     original: Callable[..., Any] = TestClient.request
 
     def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        if "content" in kwargs:
-            kwargs["data"] = kwargs.pop("content")
+        for httpx_name, requests_name in (("content", "data"), ("follow_redirects", "allow_redirects")):
+            if httpx_name in kwargs:
+                kwargs[requests_name] = kwargs.pop(httpx_name)
         return original(self, method, url, *args, **kwargs)
 
     request._takes_content = True  # type: ignore[attr-defined]
