@@ -13,7 +13,8 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from .asgi_types import Message, Receive, Scope
-from .bodies import BodyBuffer, MultipartSummary, is_multipart
+from .bodies import BodyBuffer
+from .multipart import MultipartSummary, is_multipart
 from .client_ip import client_ip
 
 TRANSACTION_HEADER = "x-moesif-transaction-id"

@@ -42,7 +42,7 @@ def _batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _db_in_loop(batch_size: int) -> bool:
     # The loop belongs to the flusher here. Measured on 2 cores (benchmarks/):
-    # small batches drain ~15% faster with queue operations on the loop (no thread
+    # small batches drain faster with queue operations on the loop (no thread
     # hop, no GIL hand-off); from ~100 events a batch, the longer transactions
     # stall the posts in flight and the database thread wins.
     return batch_size <= 50
