@@ -26,7 +26,7 @@ from .shared_state import SharedState
 from .storage import space
 from .storage.queue_file import QueueFile, is_busy
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 # (transaction_id, created_at, event_json)
 EventRow = Tuple[str, float, str]

@@ -27,6 +27,7 @@ _MOVED = {
     "pump": "moesifasgi.delivery.pump",
     "queue_store": "moesifasgi.storage.queue_store",
     "remote_config": "moesifasgi.delivery.remote_config",
+    "local_collector": "moesifasgi.testing.local_collector",
 }
 
 

@@ -15,7 +15,7 @@ import requests
 
 from moesifasgi import outgoing
 from moesifasgi_flush.client import MoesifClient
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 
 from ._compat import close_client_with_a_stream_let_go
 from .conftest import read_counter, read_events, read_problems
