@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional, Set
 
+from moesifasgi.per_process import after_fork_in_child
+
 if TYPE_CHECKING:  # the middleware imports this module: keep that import light and acyclic
     from moesifasgi.settings import Settings
 
@@ -107,10 +109,10 @@ def _start(settings: Settings, options: Optional[FlusherOptions], helper_options
 
 def _forget_parent_state() -> None:
     global _fork_hook_installed
-    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+    if not _fork_hook_installed:
         # Clears the map in a child right after fork, before any request can see a
         # parent's entry; the pid check below covers forks that skip the hook.
-        os.register_at_fork(after_in_child=_after_fork)
+        after_fork_in_child(_after_fork)
         _fork_hook_installed = True
     if _owner_pid != os.getpid():
         _after_fork()
