@@ -31,6 +31,11 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+def _is_helper(args: str) -> bool:
+    # Its module's name now, and before the flusher moved (to measure older checkouts).
+    return "moesifasgi.delivery.helper" in args or "moesifasgi_flush.helper" in args
+
+
 class Collector:
     """The loopback Moesif stand-in, in its own process so it never shares our GIL."""
 
@@ -57,7 +62,8 @@ class AppServer:
     def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn",
                  port: Optional[int] = None, log_path: Optional[str] = None) -> None:
         self.port = port or free_port()
-        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE, **env)
+        full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE)
+        full_env.update(env)  # may set PYTHONPATH: another checkout's package ahead of the installed one
         if server == "gunicorn":
             cmd: List[str] = [
                 python, "-m", "gunicorn", "bench_app:app", "-k", "uvicorn.workers.UvicornWorker",
@@ -88,10 +94,10 @@ class AppServer:
     def pids(self) -> List[int]:
         """The server process and its workers (not the flusher helper a worker starts)."""
         return [self.proc.pid] + [pid for pid, ppid, args in self._session()
-                                  if ppid == self.proc.pid and "moesifasgi.delivery.helper" not in args]
+                                  if ppid == self.proc.pid and not _is_helper(args)]
 
     def helper_pids(self) -> List[int]:
-        return [pid for pid, _, args in self._session() if "moesifasgi.delivery.helper" in args]
+        return [pid for pid, _, args in self._session() if _is_helper(args)]
 
     def worker_pids(self) -> List[int]:
         """The worker processes (children of the server process)."""

@@ -3,6 +3,12 @@
     python benchmarks/drain_benchmark.py                       # 200,000 events, BATCH_SIZE 100, 4 in flight
     python benchmarks/drain_benchmark.py --batch-size 100 --concurrency 8
 
+It also measures the posting limit in the same run: the same events, read
+from the file into memory first, posted by the same client (gzip, BATCH_SIZE,
+FLUSH_CONCURRENCY in flight) to the same stand-in, in a child process whose
+CPU is measured the same way. The drain can be no faster than that; the queue's
+cost is the difference, and the flusher's CPU per event is what the host pays.
+
 The collector runs in its own process (`python -m moesifasgi_flush.local_collector`)
 so that it does not share the flusher's GIL; the flusher runs in this process, and
 its peak RSS (VmHWM) is read before and after the drain. The memory goal is
@@ -20,6 +26,7 @@ import os
 import random
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,7 +34,13 @@ import time
 import uuid
 
 from moesifasgi import storage
-from moesifasgi.delivery.flusher import Flusher, FlusherOptions
+
+try:
+    from moesifasgi.delivery.client import MoesifClient
+    from moesifasgi.delivery.flusher import Flusher, FlusherOptions
+except ImportError:  # a checkout from before the flusher moved (to measure it the same way)
+    from moesifasgi_flush.client import MoesifClient  # type: ignore[no-redef]
+    from moesifasgi_flush.flusher import Flusher, FlusherOptions  # type: ignore[no-redef]
 
 _PATHS = ["/v1/orders", "/v1/orders/{id}", "/v1/users/{id}/profile", "/v2/search", "/health"]
 _AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
@@ -99,6 +112,44 @@ async def drain(path: str, url: str, batch_size: int, concurrency: int, db_in_lo
     return stats, elapsed
 
 
+def _read_bodies(path: str) -> list:
+    conn = sqlite3.connect(path)
+    try:
+        return [body for (body,) in conn.execute("SELECT body FROM events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+async def _post_all(bodies: list, url: str, batch_size: int, concurrency: int) -> int:
+    client = MoesifClient("benchmark-app", url, max_connections=concurrency + 2)
+    batches = [bodies[i:i + batch_size] for i in range(0, len(bodies), batch_size)]
+    posted = 0
+
+    async def worker() -> None:
+        nonlocal posted
+        while batches:
+            batch = batches.pop()
+            result = await client.post_events(batch)
+            if not result.ok:
+                raise RuntimeError(f"the stand-in refused a post: {result.error}")
+            posted += len(batch)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await client.aclose()
+    return posted
+
+
+def posting_limit(path: str, url: str, batch_size: int, concurrency: int) -> tuple:
+    """(events, seconds, CPU seconds) of posting the queue's events from memory (run in a child)."""
+    bodies = _read_bodies(path)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    posted = asyncio.run(_post_all(bodies, url, batch_size, concurrency))
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return posted, elapsed, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -140,6 +191,9 @@ def _run(args: argparse.Namespace, path: str) -> int:
 
     collector, url = start_collector()
     try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            posted, post_elapsed, post_cpu = pool.apply(posting_limit, (path, url, args.batch_size,
+                                                                         args.concurrency))
         rss_before = peak_rss_kb()
         usage_before, collector_before = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(collector.pid)
         in_loop = args.batch_size <= 50 if args.db_thread == "auto" else args.db_thread == "no"
@@ -158,6 +212,12 @@ def _run(args: argparse.Namespace, path: str) -> int:
           f"(failed {stats.failed}, left {stats.remaining})")
     print(f"CPU during the drain: flusher {flusher_cpu / elapsed:.0%} of a core, "
           f"collector {collector_cpu / elapsed:.0%} of a core")
+    limit = posted / post_elapsed if post_elapsed else 0.0
+    print(f"posting limit (the same events posted from memory, same client and stand-in): {limit:,.0f} events/s, "
+          f"{post_cpu / post_elapsed:.0%} of a core")
+    print(f"drain / posting limit: {rate / limit if limit else 0:.2f}")
+    print(f"flusher CPU per event: {flusher_cpu / max(1, stats.sent) * 1e6:.1f} µs "
+          f"(posting alone: {post_cpu / max(1, posted) * 1e6:.1f} µs)")
     print(f"flusher peak RSS: {rss_peak / 1024:.1f} MB (before the drain: {rss_before / 1024:.1f} MB)")
     print("collector: " + (summary[-1] if summary else "?"))
     return 0 if stats.remaining == 0 else 1

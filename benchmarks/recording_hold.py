@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,12 +86,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         process, url = serve(directory, "batched", 1.0)
         try:
-            httpx.get(url + "/work", timeout=30)
-            deadline = time.monotonic() + 30
-            while "delay" not in (last := httpx.get(url + "/last").json()) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            print(f"batched, 1 s async IDENTIFY_USER: BackgroundTask ran {last['delay'] * 1000:.1f} ms "
-                  "after the handler started")
+            delays = []
+            for _ in range(5):  # the first call of a fresh server also pays its warm-up
+                before = httpx.get(url + "/last").json().get("delay")
+                httpx.get(url + "/work", timeout=30)
+                deadline = time.monotonic() + 30
+                while (last := httpx.get(url + "/last").json()).get("delay") == before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                delays.append(last["delay"] * 1000)
+            print(f"batched, 1 s async IDENTIFY_USER: BackgroundTask ran {statistics.median(delays):.1f} ms "
+                  f"after the handler started (median of 5; each: {', '.join(f'{d:.1f}' for d in delays)})")
         finally:
             process.terminate()
             process.wait(10)

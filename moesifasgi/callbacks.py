@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from starlette.datastructures import URL, FormData, Headers
 from starlette.requests import Request
 
-from .bodies import MultipartSummary, is_multipart
+from .multipart import MultipartSummary, is_multipart
 from .capture import Exchange
 
 
@@ -119,11 +119,10 @@ class CallbackRequest(Request):
 
     @property
     def url(self) -> URL:
-        try:
-            return self._url
-        except AttributeError:
-            self._url: URL = _url_of(self.scope)
-            return self._url
+        url = self.__dict__.get("_url")
+        if url is None:
+            url = self._url = _url_of(self.scope)
+        return url
 
 
 def request_for(exchange: Exchange) -> Request:

@@ -13,7 +13,8 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from .asgi_types import Message, Receive, Scope
-from .bodies import BodyBuffer, MultipartSummary, is_multipart
+from .bodies import BodyBuffer
+from .multipart import MultipartSummary, is_multipart
 from .client_ip import client_ip
 
 TRANSACTION_HEADER = "x-moesif-transaction-id"
@@ -118,7 +119,9 @@ class Exchange:
         # after a crash is deduplicated by Moesif; the header is what
         # DISABLED_TRANSACTION_ID turns off.
         self.transaction_header = use_transaction_id
-        incoming = self.request_headers.get(TRANSACTION_HEADER, "").strip() if use_transaction_id else ""
+        incoming = self.request_headers.get(TRANSACTION_HEADER) if use_transaction_id else None
+        if incoming:
+            incoming = incoming.strip()
         # An id the caller already chose (e.g. an upstream service that also
         # reports to Moesif) is kept, so both sides of the call share it.
         self.transaction_id = incoming[:128] if incoming else new_transaction_id()
@@ -220,11 +223,15 @@ class Exchange:
         """Note status and headers; return the message to send (with our id header)."""
         self.response_started = True
         self.status = int(message.get("status", 200))
-        headers = list(message.get("headers") or [])
-        if self.transaction_header and _TRANSACTION_HEADER_BYTES not in {name.lower() for name, _ in headers}:
-            headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
-            message = dict(message)
-            message["headers"] = headers
+        headers = list(message.get("headers") or ())
+        if self.transaction_header:
+            for name, _ in headers:
+                if name.lower() == _TRANSACTION_HEADER_BYTES:
+                    break  # the app set its own: sent as it is
+            else:
+                headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
+                message = dict(message)
+                message["headers"] = headers
         self.response_raw_headers = headers
         return message
 

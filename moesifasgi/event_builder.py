@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .bodies import BodyBuffer, MultipartSummary, encode_body
+from .bodies import BodyBuffer, encode_body
+from .multipart import MultipartSummary
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
 
 

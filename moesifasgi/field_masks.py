@@ -13,9 +13,10 @@ They hold for every form a body is stored in, not only parsed JSON:
   field, an error message with a URL) is scanned as text;
 - base64 (anything that was not valid JSON, or was cut at MAX_BODY_BYTES): the
   bytes are decoded and, by what they are, parsed as JSON (the NaN case), split
-  as a form, or scanned as text: a masked name followed by ``:`` or ``=`` has
-  its value replaced; a value whose end cannot be found (cut off, unbalanced,
-  garbled) is removed with everything after it. The truncation marker line stays.
+  as a form, or scanned as text (text_masks): a masked name followed by ``:``
+  or ``=``, a multipart part or an XML element so named has its value replaced;
+  a value whose end cannot be found (cut off, unbalanced, garbled) is removed
+  with everything after it. The truncation marker line stays.
 
 For outgoing calls, credentials are masked by default on top of these
 (REDACT_OUTGOING_CREDENTIALS, see OUTGOING_CREDENTIAL_HEADERS/FIELDS).
@@ -31,7 +32,7 @@ from typing import Any, Dict, FrozenSet, Iterable, Optional, Pattern, Tuple
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import jsoncodec
-from .text_masks import MASK_MARKER, mask_multipart, mask_text
+from .text_masks import MASK_MARKER, mask_multipart, mask_text, mask_xml
 
 __all__ = [
     "MASK_MARKER",
@@ -94,7 +95,8 @@ class Masker:
         if isinstance(request, dict):
             _mask_headers(request, self.request_headers)
             uri = request.get("uri")
-            if isinstance(uri, str) and ("?" in uri and self.request_fields or "@" in uri and self.userinfo):
+            if isinstance(uri, str) and (self.request_fields and ("?" in uri or "#" in uri)
+                                         or self.userinfo and "@" in uri):
                 request["uri"] = mask_url(uri, self.request_fields, userinfo=self.userinfo)
             if self.request_fields:
                 _mask_section_body(request, self.request_fields, self._request_pattern, self._request_names)
@@ -161,22 +163,25 @@ def loggable_url(url: str) -> str:
 
 
 def mask_url(url: str, fields: FrozenSet[str], *, userinfo: bool = False) -> str:
-    query_at = url.find("?")
-    if not (userinfo and "@" in url) and (query_at < 0 or mask_form(url[query_at + 1:], fields) == url[query_at + 1:]):
+    marks = [at for at in (url.find("?"), url.find("#")) if at >= 0]
+    rest = url[min(marks) + 1:] if marks and fields else ""
+    if not (userinfo and "@" in url) and mask_form(rest, fields) == rest:
         return url  # the usual case, decided without taking the URL apart
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK_MARKER  # not a URL we can take apart: nothing of it is kept
     query = mask_form(parts.query, fields) if parts.query and fields else parts.query
+    # A fragment is not sent, but a recorded URL may carry one (#access_token=... of OAuth's implicit flow).
+    fragment = mask_form(parts.fragment, fields) if parts.fragment and fields else parts.fragment
     netloc = parts.netloc
     if userinfo and "@" in netloc:
         credentials, _, host = netloc.rpartition("@")
         user, colon, _ = credentials.partition(":")
         netloc = f"{user}:{MASK_MARKER}@{host}" if colon else netloc
-    if query == parts.query and netloc == parts.netloc:
+    if query == parts.query and netloc == parts.netloc and fragment == parts.fragment:
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -290,10 +295,11 @@ def _mask_base64(body: str, fields: FrozenSet[str], pattern: Pattern[str], names
     return base64.b64encode(encoded + tail).decode("ascii")
 
 
-# A value to mask always follows a name and ":" or "=" (a multipart part's headers have both).
+# A value to mask always follows a name and ":" or "=" (a multipart part's headers have both),
+# or is an XML element's content.
 def _may_hold(text: str, names: Tuple[str, ...], form: bool = False) -> bool:
     """False when `text` cannot hold a masked value, spelled plainly, escaped or percent-encoded."""
-    if ":" not in text and "=" not in text:
+    if ":" not in text and "=" not in text and "<" not in text:
         return False
     lowered = text.lower()
     for name in names:
@@ -305,7 +311,7 @@ def _may_hold(text: str, names: Tuple[str, ...], form: bool = False) -> bool:
 
 
 def _may_hold_bytes(data: bytes, names: Tuple[str, ...], form: bool) -> bool:
-    if b":" not in data and b"=" not in data:
+    if b":" not in data and b"=" not in data and b"<" not in data:
         return False
     lowered = data.lower()  # ASCII letters only: a name with others is looked for in the decoded text
     for name in names:
@@ -321,6 +327,8 @@ def _mask_text_body(text: str, fields: FrozenSet[str], pattern: Pattern[str], na
     kind = (content_type or "").lower()
     if "form-data" in text.lower():
         text = mask_multipart(text, fields)
+    if "<" in text:
+        text = mask_xml(text, fields)
     if "x-www-form-urlencoded" in kind or _FORM.match(text.strip()):
         return mask_text(mask_form(text, fields), pattern, fields)
     if not truncated and text.lstrip()[:1] in ("{", "[") and ("NaN" in text or "Infinity" in text):

@@ -22,7 +22,7 @@ from .callbacks import request_for, response_for
 from .capture import Exchange
 from .diagnostics import problems
 from .event_builder import build_event
-from .governed import adding_headers, check, respond_blocked
+from .governance.asgi import adding_headers, check, respond_blocked
 from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
 from .pipeline import EventPipeline
@@ -108,10 +108,12 @@ class MoesifMiddleware:
             ensure_flusher_started(self.settings)
             await self._http(scope, receive, send)
         except Exception:
-            await self._settle_if_stopping()
+            if shutdown.requested():
+                await self._settle_if_stopping()
             raise
         else:
-            await self._settle_if_stopping()
+            if shutdown.requested():  # tested here: no coroutine per call while serving
+                await self._settle_if_stopping()
         finally:
             shutdown.call_ended()
 

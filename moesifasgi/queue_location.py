@@ -9,8 +9,10 @@ directory we reuse can swap our file for theirs. So:
   its own uid, opened without following symlinks and set to mode 0700;
 - a directory named explicitly (QUEUE_PATH) must be owned by this uid or root
   and writable by nobody else;
-- in either case no ancestor may be writable by other users without the sticky
-  bit (they could rename the directory away), nor owned by another user;
+- no ancestor may be writable by other users without the sticky bit (they could
+  rename the directory away), nor owned by another user; except above an
+  explicit directory that is private (ours, 0700): a substitute is refused at
+  the next open, every open checking again;
 - every file of the queue is opened with O_NOFOLLOW, must be a regular file
   owned by this uid, and is set to 0600 whatever the umask.
 
@@ -210,9 +212,14 @@ def _check_directory(directory: str, *, create: bool) -> None:
         raise UnsafeQueueLocation(
             f"moesifasgi: the queue directory {directory} is writable by other users (mode "
             f"{st.st_mode & 0o7777:04o}), who could read the queue by planting its files; {_SETTING_HINT}")
+    private = st.st_uid == euid and not st.st_mode & 0o077
     try:
         _check_links(directory)
-        _check_ancestors(directory)
+        if not private:
+            # A private directory (ours, 0700) may sit in a shared one (a Kubernetes
+            # emptyDir is 0777): whoever renames it away and plants their own is
+            # refused at our next open, as every open checks again.
+            _check_ancestors(directory)
     except UnsafeQueueLocation as exc:
         raise UnsafeQueueLocation(f"moesifasgi: unsafe queue location: {exc}; {_SETTING_HINT}") from None
 

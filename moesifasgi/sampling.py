@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any, Mapping, Pattern
+
+from .conditions import BadCondition, compile_condition
 
 __all__ = ["SamplingConfig", "keep", "weight_for"]
 
@@ -93,19 +94,12 @@ def _rule(entry: Any, where: str) -> tuple[tuple[tuple[str, Pattern[str]], ...],
     # Like the original, a repeated path keeps its last value.
     by_path: dict[str, Pattern[str]] = {}
     for index, condition in enumerate(conditions):
-        if not isinstance(condition, Mapping):
-            _warn(f"{where}.conditions[{index}] is not an object")
-            return None
-        path, value = condition.get("path"), condition.get("value")
-        bad_value = isinstance(value, bool) or not isinstance(value, (str, int, float))
-        if not isinstance(path, str) or bad_value:
-            _warn(f"{where}.conditions[{index}] needs a text path and a text value")
-            return None
         try:
-            by_path[path] = re.compile(str(value))
-        except (re.error, RecursionError, OverflowError) as exc:
-            _warn(f"{where}.conditions[{index}]: bad regex {value!r} ({exc})")
+            path, pattern = compile_condition(condition)
+        except BadCondition as exc:
+            _warn(f"{where}.conditions[{index}]{': ' if exc.bad_regex else ' '}{exc}")
             return None
+        by_path[path] = pattern
     if not by_path:
         return None  # never matches, as in the original
     return tuple(by_path.items()), rate

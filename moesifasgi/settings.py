@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, ItemsView, Iterator, KeysView, Mapping, Optional, Tuple, ValuesView
+from typing import Any, Callable, Dict, ItemsView, Iterator, KeysView, Mapping, Optional, Tuple, ValuesView
 
 from .bodies import MAX_BODY_BYTES
 from .identity import parse_authorization_header_names
@@ -109,6 +109,9 @@ class Settings:
 
     def values(self) -> ValuesView[Any]:
         return self.raw.values()
+
+    def copy(self) -> Dict[str, Any]:
+        return dict(self.raw)
 
 
 Mapping.register(Settings)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .governance import GovernanceRules
 from .sampling import SamplingConfig
+from .storage.queue_store import kv_get_many
 
 logger = logging.getLogger("moesifasgi")
 
@@ -39,9 +40,7 @@ class SharedState:
 
     def refresh(self, conn: sqlite3.Connection) -> None:
         self._next_refresh = time.monotonic() + self.refresh_interval
-        rows = conn.execute(
-            "SELECT key, value, updated_at FROM kv WHERE key IN (?, ?)", (CONFIG_KEY, RULES_KEY)
-        ).fetchall()
+        rows = kv_get_many(conn, (CONFIG_KEY, RULES_KEY))
         changed = False
         for key, value, updated_at in rows:
             if self._seen.get(key) == updated_at:

@@ -41,6 +41,13 @@ import sys
 import threading
 from typing import Any, Callable, Dict, Optional
 
+try:
+    # The C function: signal.getsignal converts its result to an enum, which cost
+    # more than everything else this module does per call (about 2 µs).
+    from _signal import getsignal as _raw_getsignal
+except ImportError:  # pragma: no cover - other interpreters
+    _raw_getsignal = signal.getsignal
+
 # Waits for the writer in a signal handler; the process is idle then, but a
 # server may be waiting for it to exit (gunicorn's graceful timeout is 30 s).
 IDLE_FLUSH_TIMEOUT = 10.0
@@ -119,11 +126,11 @@ def watch_signals() -> None:
     """Wrap the SIGTERM and SIGINT handlers in place now (see the module docstring).
 
     Called on every call: when the handler is the one seen last time, it costs
-    one `signal.getsignal`. Handlers can only be set from the main thread;
+    one look at the handler (the C `getsignal`, no enum). Handlers can only be set from the main thread;
     elsewhere this waits for a call on the main thread.
     """
     state = _state
-    if not _SIGNALS or signal.getsignal(_SIGNALS[0]) is state.seen:
+    if not _SIGNALS or _raw_getsignal(_SIGNALS[0]) is state.seen:
         return
     if threading.current_thread() is not threading.main_thread():
         return
@@ -135,7 +142,7 @@ def watch_signals() -> None:
                 signal.signal(signum, _on_signal)
         except (ValueError, OSError):
             pass
-    state.seen = signal.getsignal(_SIGNALS[0])
+    state.seen = _raw_getsignal(_SIGNALS[0])
 
 
 def _close_quietly() -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import FrozenSet, Iterator, Match, Optional, Pattern, Tuple
 
-__all__ = ["MASK_MARKER", "mask_multipart", "mask_text"]
+__all__ = ["MASK_MARKER", "mask_multipart", "mask_text", "mask_xml"]
 
 # Legal unencoded in JSON, form values, query strings and plain text alike.
 MASK_MARKER = "***MASKED***"
@@ -23,6 +24,34 @@ _JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
 
 _PART_HEADERS = re.compile(
     r'content-disposition:[^\r\n]*?;\s*name="?([^";\r\n]*)"?[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n', re.IGNORECASE)
+
+
+@lru_cache(maxsize=64)
+def _xml_open_tag(fields: FrozenSet[str]) -> Pattern[str]:
+    names = "|".join(re.escape(name) for name in sorted(fields, key=len, reverse=True))
+    # <password>, <ns:Password attr="...">: the pattern starts with "<", which re scans for quickly.
+    return re.compile(r"<(?:[\w.-]+:)?(?:%s)(?:\s[^<>]*)?>" % names, re.IGNORECASE)
+
+
+def mask_xml(text: str, fields: FrozenSet[str]) -> str:
+    """The content of an XML element named as a masked field, up to the next closing tag."""
+    if "<" not in text:
+        return text
+    out = []
+    position = 0
+    for match in _xml_open_tag(fields).finditer(text):
+        if match.start() < position or text[match.end() - 2] == "/":
+            continue  # inside what was masked, or <password/>
+        end = text.find("</", match.end())
+        out.append(text[position:match.end()])
+        out.append(MASK_MARKER)
+        if end < 0:
+            return "".join(out)  # never closed (cut off): nothing after it is kept
+        position = end
+    if not out:
+        return text
+    out.append(text[position:])
+    return "".join(out)
 
 
 def mask_multipart(text: str, fields: FrozenSet[str]) -> str:

@@ -8,7 +8,10 @@ aliases of the moved modules, for code written against them.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
+from typing import Any
 
 _MOVED = {
     "async_db": "moesifasgi.delivery.async_db",
@@ -26,7 +29,32 @@ _MOVED = {
     "remote_config": "moesifasgi.delivery.remote_config",
 }
 
-for _old, _new in _MOVED.items():
-    _module = importlib.import_module(_new)
-    sys.modules[f"{__name__}.{_old}"] = _module
-    globals()[_old] = _module
+
+
+class _Alias(importlib.abc.Loader, importlib.abc.MetaPathFinder):
+    """`import moesifasgi_flush.flusher` gives moesifasgi.delivery.flusher itself,
+    imported only then: every `moesif-flush` command imports this package, and
+    loading the whole flusher (httpx, asyncio) up front cost `status` and `check`
+    (Kubernetes probes) most of their start-up time."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        parent, _, name = fullname.rpartition(".")
+        if parent != __name__ or name not in _MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        return importlib.import_module(_MOVED[spec.name.rpartition(".")[2]])
+
+    def exec_module(self, module: Any) -> None:
+        pass  # the moved module ran when it was imported under its own name
+
+
+if not any(isinstance(f, _Alias) for f in sys.meta_path):
+    sys.meta_path.insert(0, _Alias())
+
+
+def __getattr__(name: str) -> Any:  # `moesifasgi_flush.flusher` as an attribute
+    if name in _MOVED:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ shares, and the one place where errors become one line and an exit code:
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sqlite3
@@ -46,6 +47,9 @@ class CliContext:
     base_uri: str = DEFAULT_BASE_URI
     log_level: str = "INFO"
     log_format: str = "text"
+    # (path, device and inode) of the queue file a command opened, so that damage
+    # met mid-command moves that very file aside (see _Group.invoke).
+    opened: Optional[Tuple[str, Tuple[int, int]]] = None
 
     def queue_source(self) -> Tuple[str, str]:
         """(path, how it was chosen), for messages that must say where a path came from."""
@@ -102,16 +106,24 @@ class CliContext:
         if os.path.isdir(path):
             raise click.ClickException(f"{path} is a directory, not a queue file")
         try:
-            return storage.connect(path, create=create)
+            conn = storage.connect(path, create=create)
+            self._opened(path)
+            return conn
         except UnsafeQueueLocation as exc:
             raise click.ClickException(str(exc)) from exc
         except storage.QueueError as exc:
             raise click.ClickException(f"{exc}{self._missing_hint(exc)}") from exc
 
+    def _opened(self, path: str) -> None:
+        identity = storage.file_identity(path)
+        self.opened = (path, identity) if identity is not None else None
+
     def connect_readonly(self) -> sqlite3.Connection:
         """For commands that only look: the file is never created, migrated or written."""
         try:
-            return storage.connect_readonly(self.queue_path())
+            conn = storage.connect_readonly(self.queue_path())
+            self._opened(self.queue_path())
+            return conn
         except storage.QueueError as exc:
             raise click.ClickException(f"{exc}{self._missing_hint(exc)}") from exc
 
@@ -186,8 +198,26 @@ def _one_line(exc: click.UsageError) -> _UsageError:
     return exc if isinstance(exc, _UsageError) else _UsageError(exc.format_message(), exc.ctx)
 
 
+# Command name -> the module that defines it, imported when the command is used:
+# `status` and `check` (probes, every few seconds) need neither httpx nor asyncio,
+# which `run` and `drain` bring.
+_COMMAND_MODULES = {
+    "run": "cli_drain", "drain": "cli_drain",
+    "status": "cli_inspect", "check": "cli_inspect", "queues": "cli_inspect", "peek": "cli_inspect",
+    "migrate": "cli_inspect", "dead-letters": "cli_dead_letters",
+}
+
+
 class _Group(click.Group):
     """Every failure below becomes one line and a non-zero exit, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in self.commands and cmd_name in _COMMAND_MODULES:
+            importlib.import_module(f"{__package__}.{_COMMAND_MODULES[cmd_name]}")  # registers it
+        return super().get_command(ctx, cmd_name)
 
     def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
                      **extra: Any) -> click.Context:
@@ -206,6 +236,11 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             raise Interrupted("interrupted") from exc
         except (sqlite3.Error, storage.QueueError) as exc:
+            moved = _move_aside_if_damaged(ctx, exc)
+            if moved:
+                raise click.ClickException(
+                    f"the queue file is damaged ({exc}); it was moved to {moved} and a new queue starts: "
+                    "the flusher delivers what can still be read from it") from exc
             raise click.ClickException(f"queue file error: {exc}") from exc
         except UnsafeQueueLocation as exc:
             raise click.ClickException(str(exc)) from exc
@@ -215,6 +250,20 @@ class _Group(click.Group):
             logger.debug("unexpected error", exc_info=True)
             raise click.ClickException(
                 f"unexpected error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)") from exc
+
+
+def _move_aside_if_damaged(ctx: click.Context, exc: BaseException) -> Optional[str]:
+    """Damage met mid-command in a file that opened as our queue: move it aside, as
+    a worker or the flusher would, so that delivery resumes on a fresh file.
+    Never for a file that failed to open (a typo'd --queue naming another file)."""
+    obj = ctx.find_object(CliContext)
+    if obj is None or obj.opened is None or not storage.is_damaged(exc):
+        return None
+    path, identity = obj.opened
+    try:
+        return storage.quarantine(path, identity)
+    except OSError:
+        return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -244,12 +293,6 @@ def main() -> None:
         click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
 
-
-def _register() -> None:
-    from . import cli_dead_letters, cli_drain, cli_inspect  # noqa: F401  (they add their commands)
-
-
-_register()
 
 if __name__ == "__main__":
     # Run as `python -m moesifasgi_flush.cli`: the commands registered themselves on

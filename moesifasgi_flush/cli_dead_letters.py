@@ -11,7 +11,6 @@ from typing import List, Optional, Tuple
 
 import click
 
-from moesifasgi.delivery.profile_delivery import requeue_profile_dead_letters
 from moesifasgi.storage import queue_store as qs
 
 from .cli import CliContext, cli, command, pass_ctx
@@ -107,6 +106,8 @@ def dead_letters_requeue(ctx: CliContext, ids: Tuple[int, ...]) -> None:
       moesif-flush dead-letters requeue        # all
       moesif-flush dead-letters requeue 4 7    # two of them
     """
+    from moesifasgi.delivery.profile_delivery import requeue_profile_dead_letters  # httpx: only here
+
     conn = ctx.connect()
     try:
         unknown = _unknown(conn, ids)

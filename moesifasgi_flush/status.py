@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Optional
 
 from moesifasgi import storage
 from moesifasgi.delivery.lease import current_leader, owner_is_dead
-from moesifasgi.delivery.profile_delivery import profile_counts
 from moesifasgi.storage import queue_store as qs
 
 
@@ -63,9 +62,16 @@ def queue_status(conn: sqlite3.Connection, path: str, now: Optional[float] = Non
         "last_error": _parse(qs.kv_get(conn, qs.KV_LAST_ERROR)),
         "queue_file_bytes": _file_bytes(path),
         "schema_version": storage.schema_version(conn),
-        "profiles": profile_counts(conn),
+        "profiles": _profile_counts(conn),
         "application_ids": _application_ids(conn),
     }
+
+
+def _profile_counts(conn: sqlite3.Connection) -> Dict[str, int]:
+    # Imported here: profile_delivery brings httpx and asyncio, which `status` and
+    # `check` (run by probes every few seconds) do not otherwise need.
+    from moesifasgi.delivery.profile_delivery import profile_counts
+    return profile_counts(conn)
 
 
 def _application_ids(conn: sqlite3.Connection) -> List[str]:

@@ -289,3 +289,18 @@ def test_status_and_queues_name_the_apps_that_wrote_to_the_file(runner, tmp_path
     text = invoke(runner, "status", "--queue", mine).output
     assert "application id: second-app, test-app-id" in text
     assert "app second-app, test-app-id" in invoke(runner, "queues").output
+
+
+def test_the_cli_loads_the_flusher_only_for_the_commands_that_post():
+    script = ("import sys\n"
+              "from click.testing import CliRunner\n"
+              "from moesifasgi_flush.cli import cli\n"
+              "assert CliRunner().invoke(cli, ['--version']).exit_code == 0\n"
+              "assert CliRunner().invoke(cli, ['check', '--help']).exit_code == 0\n"
+              "print('httpx' in sys.modules, 'moesifasgi.delivery.flusher' in sys.modules)\n"
+              "import moesifasgi_flush.flusher as old, moesifasgi.delivery.flusher as new\n"
+              "from moesifasgi_flush import queue_store\n"
+              "print(old is new, queue_store.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True", "moesifasgi.storage.queue_store"]

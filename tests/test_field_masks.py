@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from moesifasgi.bodies import truncation_marker
 from moesifasgi.field_masks import MASK_MARKER, Masker, maskers_for
 from moesifasgi.settings import parse_settings
 
@@ -62,6 +63,8 @@ def test_json_or_a_form_held_inside_a_string_field_is_masked_too():
     b"{'password': '%s'}",                                     # Python repr, single quotes
     b'password: %s\nnext: line',                               # YAML or a log line
     b'password="%s" rest',
+    b'<login><user>a</user><password>%s</password></login>',  # XML
+    b'<login><password><![CDATA[%s',                           # XML cut inside the element
 ])
 def test_a_body_stored_as_base64_loses_the_value_and_keeps_the_rest(raw):
     masked = masked_request_bytes(raw.replace(b"%s", SECRET.encode()), "text/plain")
@@ -137,7 +140,8 @@ def test_with_no_masks_incoming_events_skip_masking_and_outgoing_ones_redact_cre
 def test_outgoing_credentials_in_headers_query_user_info_and_token_answers_are_redacted():
     _, outgoing = maskers_for(parse_settings({"APPLICATION_ID": "x"}))
     event = {
-        "request": {"uri": f"https://bot:{SECRET}@api.example/v1?access_token={SECRET}&page=2", "verb": "POST",
+        "request": {"uri": f"https://bot:{SECRET}@api.example/v1?access_token={SECRET}&page=2#id_token={SECRET}",
+                    "verb": "POST",
                     "headers": {"authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "cookie": f"s={SECRET}"},
                     "body": b64(f"grant_type=client_credentials&client_secret={SECRET}".encode()),
                     "transfer_encoding": "base64"},
@@ -148,5 +152,13 @@ def test_outgoing_credentials_in_headers_query_user_info_and_token_answers_are_r
     outgoing.apply(event)
     text = json.dumps(event) + unb64(event["request"]["body"]).decode()
     assert SECRET not in text
-    assert event["request"]["uri"] == f"https://bot:{MASK_MARKER}@api.example/v1?access_token={MASK_MARKER}&page=2"
+    assert event["request"]["uri"] == (f"https://bot:{MASK_MARKER}@api.example/v1?access_token={MASK_MARKER}&page=2"
+                                       f"#id_token={MASK_MARKER}")
     assert event["response"]["body"]["expires_in"] == 3600
+
+
+@pytest.mark.parametrize("marker", [truncation_marker(40, 9000), truncation_marker(40, None),
+                                    truncation_marker(40, 900, compressed=True)])
+def test_every_truncation_marker_bodies_can_write_is_kept_whole(marker):
+    masked = masked_request_bytes(b'{"password": "' + SECRET.encode() + marker)
+    assert masked.endswith(marker) and SECRET.encode() not in masked

@@ -53,7 +53,7 @@ def test_two_drain_processes_at_once_never_post_the_same_event_twice(path, colle
     procs = [cli_process("drain", "--batch-size", "10", queue=path, base_uri=collector.url) for _ in range(2)]
     outputs = [p.communicate(timeout=40) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    sent = [int(re.search(r"sent (\d+),", out).group(1)) for out, _ in outputs]
+    sent = [int(re.search(r"sent (\d+) events,", out).group(1)) for out, _ in outputs]
     assert sum(sent) == 3000 and min(sent) > 0  # both did drain
     assert collector.duplicates() == 0
     assert collector.distinct_transaction_ids() == set(tids)

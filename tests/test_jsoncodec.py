@@ -31,6 +31,13 @@ def test_dumps_copes_with_what_orjson_refuses(codec):
     assert parsed["lone"] == "\ud800" and parsed["7"] == "int key" and parsed["big"] == 2**70
 
 
+def test_dumps_gives_non_string_keys_as_strings_when_nothing_else_is_refused(codec):
+    # orjson's fast path refuses such a key; the retry with OPT_NON_STR_KEYS must
+    # give the same text the standard library would.
+    value = {"metadata": {1: "one", None: "none", 2.5: "x"}, "ok": "y"}
+    assert json.loads(codec.dumps(value)) == {"metadata": {"1": "one", "null": "none", "2.5": "x"}, "ok": "y"}
+
+
 def test_dumps_turns_unknown_types_into_strings(codec):
     import datetime
 

@@ -74,6 +74,14 @@ def test_settings_of_the_original_mean_what_they_meant_there(caplog):
     assert caplog.records == []  # all of these are what the original accepted silently
 
 
+def test_event_queue_size_0_records_every_call_as_the_originals_unbounded_queue_did(queue_path):
+    client = TestClient(make_app(queue_path, EVENT_QUEUE_SIZE=0, BATCH_SIZE=100.0))
+    for _ in range(3):
+        assert client.get("/ok").status_code == 200
+    assert len(read_events(queue_path)) == 3
+    assert read_counter(queue_path, "dropped") == 0
+
+
 def test_the_middleware_is_built_the_original_ways_and_its_settings_read_like_a_dict(queue_path):
     settings = {"APPLICATION_ID": "app-id", "QUEUE_PATH": queue_path, "LOG_BODY": False}
     for middleware in (MoesifMiddleware(settings=settings), MoesifMiddleware(settings),
@@ -81,6 +89,7 @@ def test_the_middleware_is_built_the_original_ways_and_its_settings_read_like_a_
         assert middleware.settings["APPLICATION_ID"] == "app-id"
         assert middleware.settings.get("LOG_BODY") is False and "QUEUE_PATH" in middleware.settings
         assert middleware.settings.get("DEBUG", "unset") == "unset" and dict(middleware.settings) == settings
+        assert middleware.settings.copy() == settings and len(middleware.settings) == 3
     assert MoesifMiddleware(settings, FastAPI()).app is not None
     assert MoesifMiddleware(settings=settings).update_user({"user_id": "u1"}).result(10) == 1
 
@@ -148,7 +157,7 @@ def test_in_strict_mode_callback_timeout_bounds_how_long_the_response_is_held(qu
     started = time.monotonic()
     assert client.get("/ok").status_code == 200
     held = time.monotonic() - started
-    assert 0.5 <= held < 5  # the callback's 20 s never reach the client
+    assert 0.5 <= held < 15  # the callback's 20 s never reach the client
     assert len(read_events(queue_path)) == 1
 
 

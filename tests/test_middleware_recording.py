@@ -363,3 +363,60 @@ async def test_a_call_cancelled_while_its_callbacks_run_after_the_response_is_st
     assert await wait_background(10)
     [event] = read_events(queue_path)
     assert event["response"]["status"] == 200 and event["user_id"] == "ann"
+
+
+def test_identify_user_reads_what_the_app_put_on_request_state_and_anonymous_calls_are_recorded(queue_path):
+    class User:
+        id = "u-42"
+
+    app = FastAPI()
+
+    @app.get("/me")
+    def me(request: Request, anonymous: bool = False):
+        if not anonymous:
+            request.state.user = User()
+        return {"ok": True}
+
+    def identify_user(request, response):
+        return request.state.user.id  # the README-style callback: raises for anonymous calls
+
+    app.add_middleware(MoesifMiddleware, settings=settings(queue_path, IDENTIFY_USER=identify_user))
+    client = TestClient(app)
+    client.get("/me")
+    client.get("/me?anonymous=true")
+    events = read_events(queue_path)
+    assert [e.get("user_id") for e in events] == ["u-42", None]
+    assert read_problems(queue_path) == {"callback-raised:IDENTIFY_USER": 1}
+
+
+def test_the_original_readmes_mask_example_no_longer_loses_a_204_or_a_list_body(queue_path):
+    def original_mask(eventmodel):
+        # Moesif's own README example for 1.1.8: raises on None and list bodies.
+        if 'password' in eventmodel.response.body:
+            eventmodel.response.body['password'] = None
+        return eventmodel
+
+    app = FastAPI()
+
+    @app.get("/no-content", status_code=204)
+    def no_content():
+        return None
+
+    @app.get("/list")
+    def a_list():
+        return ["password"]
+
+    @app.get("/dict")
+    def a_dict():
+        return {"password": "secret"}
+
+    app.add_middleware(MoesifMiddleware, settings=settings(queue_path, MASK_EVENT_MODEL=original_mask))
+    client = TestClient(app)
+    for path in ("/no-content", "/list", "/dict"):
+        client.get(path)
+    events = read_events(queue_path)
+    assert [e["response"]["status"] for e in events] == [204, 200, 200]
+    assert events[0]["request"]["headers"] == {} and events[1]["request"]["headers"] == {}  # minimal
+    assert events[2]["response"]["body"] == {"password": None}  # masked as written
+    assert read_problems(queue_path) == {"mask-failed": 2}
+    assert read_counter(queue_path, "dropped") == 0

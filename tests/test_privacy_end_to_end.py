@@ -51,6 +51,7 @@ INCOMING_BODIES = {
     "nan-json": ("application/json", '{"ratio":NaN,"password":"%s"}' % secret("nan-json")),
     "form": ("application/x-www-form-urlencoded", "user=a&password=%s&x=1" % secret("form")),
     "text": ("text/plain", "user: a\npassword: %s\nx: 1\n" % secret("text")),
+    "xml": ("application/xml", "<login><user>a</user><ns:Password type='x'>%s</ns:Password></login>" % secret("xml")),
 }
 FORMS = sorted(INCOMING_BODIES) + ["query", "multipart", "headers", "authorization"]
 
@@ -291,5 +292,22 @@ def test_the_readme_mask_example_lets_no_password_through_in_any_body_form(tmp_p
     queue_writer.flush_all()
     # The echo app's secret response header is not a body: this mask is not about it.
     stored = queue_bytes(path).replace(secret("headers").encode(), b"")
+    assert stored.count(b'"transaction_id"') >= len(INCOMING_BODIES) + 1
+    assert TAG.encode() not in stored
+
+
+@pytest.mark.parametrize("durability", ["batched", "strict"])
+def test_without_mask_event_model_the_declarative_masks_still_hold_on_every_path(tmp_path, durability):
+    path = str(tmp_path / "queue.sqlite")
+    app = MoesifMiddleware(echo_app, settings={
+        "APPLICATION_ID": APP_ID, "QUEUE_PATH": path, "MAX_BODY_BYTES": MAX_BODY, "DURABILITY": durability,
+        "REQUEST_BODY_MASKS": ["password"], "RESPONSE_BODY_MASKS": ["password"], "RESPONSE_HEADER_MASKS": ["x-token"],
+    })
+    with TestClient(app) as client:
+        for form, (content_type, body) in INCOMING_BODIES.items():
+            assert client.post(f"/{form}", content=body, headers={"content-type": content_type}).status_code == 200
+        client.get("/query", params={"password": secret("query")})
+    queue_writer.flush_all()
+    stored = queue_bytes(path)
     assert stored.count(b'"transaction_id"') >= len(INCOMING_BODIES) + 1
     assert TAG.encode() not in stored

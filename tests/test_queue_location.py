@@ -259,3 +259,60 @@ def test_a_queue_path_through_a_symlink_another_user_owns_is_refused(tmp_path, s
     with pytest.raises(storage.QueueError, match=f"symlink owned by uid {OTHER_UID}"):
         storage.connect(os.path.join(link, "queue.sqlite"))
     assert os.listdir(ours) == []
+
+
+def test_a_private_queue_directory_inside_a_shared_one_is_accepted_and_the_shared_one_is_not(tmp_path):
+    shared = tmp_path / "emptydir"  # as a Kubernetes emptyDir volume: 0777, no sticky bit
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(storage.QueueError, match="writable by other users"):
+        storage.connect(str(shared / "queue.sqlite"))
+    storage.connect(str(shared / "moesif" / "queue.sqlite")).close()
+    assert stat.S_IMODE(os.stat(shared / "moesif").st_mode) == 0o700
+
+
+@needs_root
+def test_an_app_run_as_a_second_user_keeps_its_default_queue_private_from_a_third(no_home, tmp_path):
+    from starlette.testclient import TestClient
+
+    from moesifasgi import MoesifMiddleware, queue_writer
+
+    victim, other = OTHER_UID, THIRD_UID
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"secret": "s3"}'})
+
+    def serve_one_call(**settings: str) -> str:
+        middleware = MoesifMiddleware(app, settings={"APPLICATION_ID": "app", "FLUSHER": "external", **settings})
+        assert TestClient(middleware).get("/x").status_code == 200
+        queue_writer.close_all()
+        return middleware.settings.queue_path
+
+    # Once here first: the child cannot import what the test interpreter keeps under /root.
+    serve_one_call(QUEUE_PATH=str(tmp_path / "warm-up.sqlite"))
+
+    path = run_as(victim, serve_one_call)
+    directory = os.path.dirname(path)
+    assert directory == os.path.join(no_home, f"moesifasgi-{victim}"), path
+    st = os.stat(directory)
+    assert st.st_uid == victim and stat.S_IMODE(st.st_mode) == 0o700
+    files = {name: os.stat(os.path.join(directory, name)) for name in os.listdir(directory)}
+    assert os.path.basename(path) in files
+    assert all(f.st_uid == victim and stat.S_IMODE(f.st_mode) == 0o600 for f in files.values()), files
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1  # the call was recorded there
+    conn.close()
+
+    def peek() -> str:
+        try:
+            return str(os.listdir(directory))
+        except PermissionError:
+            pass
+        try:
+            open(path, "rb").close()
+        except PermissionError:
+            return "denied"
+        return "could open the queue"
+
+    assert run_as(other, peek) == "denied"

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from moesifasgi import storage
-from moesifasgi.queue_writer import QueueWriter
+from moesifasgi.queue_writer import QueueWriter, _insert_rows
 
 
 def _row(i: int = 0) -> tuple:
@@ -22,6 +22,21 @@ def _counters(path) -> dict:
         return dict(conn.execute("SELECT name, value FROM counters"))
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 9, 41, 127, 128, 129, 171, 500])
+def test_a_group_of_any_size_is_inserted_whole_in_order_with_its_app(tmp_path, count):
+    # Groups are split into multi-row statements of a few fixed sizes: every
+    # split must keep each row, its fields and its place.
+    path = str(tmp_path / "q.sqlite")
+    conn = storage.connect(path)
+    rows = [(f"id-{i}", 1000.0 + i, '{"n": %d}' % i) for i in range(count)]
+    with storage.immediate(conn):
+        _insert_rows(conn, rows, None)
+    stored = conn.execute("SELECT transaction_id, created_at, body, app FROM events ORDER BY id").fetchall()
+    conn.close()
+    assert stored == [row + (None,) for row in rows]
+    assert _counters(path)["pending"] == count
 
 
 def test_submitted_events_are_committed_in_order_with_their_ids(tmp_path):

@@ -255,3 +255,42 @@ def test_an_older_file_without_incremental_vacuum_is_switched_over_once_nearly_e
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == maintenance.AUTO_VACUUM_INCREMENTAL
     assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
     conn.close()
+
+
+def test_status_meeting_damage_moves_the_file_aside_and_a_fresh_queue_starts(queue_path):
+    from click.testing import CliRunner
+
+    from moesifasgi_flush.cli import cli
+
+    insert_events(queue_path, 300, prefix="st", body=lambda t: event_json(t, metadata={"pad": "v" * 900}))
+    _damage_page_holding(queue_path, b"st-000150")
+    result = CliRunner().invoke(cli, ["--queue", queue_path, "status"])
+    assert result.exit_code != 0
+    assert "moved to" in result.output, result.output
+    directory = os.path.dirname(queue_path)
+    assert [n for n in os.listdir(directory) if ".corrupt-" in n and not n.endswith(("-wal", "-shm"))]
+    assert not os.path.exists(queue_path) or storage.file_identity(queue_path) is not None
+
+
+def test_a_file_that_is_not_sqlite_given_to_status_is_refused_and_never_moved(tmp_path):
+    from click.testing import CliRunner
+
+    from moesifasgi_flush.cli import cli
+
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database " * 500)
+    result = CliRunner().invoke(cli, ["--queue", str(other), "status"])
+    assert result.exit_code != 0
+    assert other.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+async def test_moesif_flush_drain_also_delivers_what_a_moved_corrupt_file_still_holds(queue_path, collector):
+    tids = insert_events(queue_path, 200, prefix="dr", body=lambda t: event_json(t, metadata={"pad": "u" * 900}))
+    _damage_page_holding(queue_path, b"dr-000100")
+    moved = storage.quarantine(queue_path, storage.file_identity(queue_path))
+    flusher = Flusher(queue_path, APP_ID, collector.url, FAST)
+    stats = await flusher.drain(20)
+    await flusher.aclose()
+    assert stats.remaining == 0
+    assert len(set(tids) & collector.distinct_transaction_ids()) >= 180
+    assert os.path.exists(moved + ".salvaged") and not os.path.exists(moved)

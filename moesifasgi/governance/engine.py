@@ -25,7 +25,7 @@ import logging
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ._governance_rule import Malformed, Req, Rule
+from .rule import Malformed, Req, Rule
 
 __all__ = ["GovernanceDecision", "GovernanceRules"]
 

@@ -18,16 +18,16 @@ import logging
 import time
 from typing import Any, List, Optional, Tuple
 
-from . import jsoncodec
-from .asgi_types import Message, Receive, Send
-from .bodies import encode_body
-from .callbacks import CallbackTimeout, invoke, request_for
-from .capture import Exchange
-from .diagnostics import problems
-from .event_builder import route_of
-from .governance import GovernanceDecision, GovernanceRules
-from .identity import user_id_from_authorization
-from .settings import Settings
+from .. import jsoncodec
+from ..asgi_types import Message, Receive, Send
+from ..bodies import encode_body
+from ..callbacks import CallbackTimeout, invoke, request_for
+from ..capture import Exchange
+from ..diagnostics import problems
+from ..event_builder import route_of
+from .engine import GovernanceDecision, GovernanceRules
+from ..identity import user_id_from_authorization
+from ..settings import Settings
 
 __all__ = ["adding_headers", "check", "extra_headers", "read_ahead", "respond_blocked"]
 

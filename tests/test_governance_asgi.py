@@ -5,7 +5,7 @@ import json
 
 from moesifasgi.capture import Exchange
 from moesifasgi.governance import GovernanceDecision, GovernanceRules
-from moesifasgi.governed import adding_headers, check, read_ahead, respond_blocked
+from moesifasgi.governance.asgi import adding_headers, check, read_ahead, respond_blocked
 from moesifasgi.settings import parse_settings
 
 from .asgi_harness import Recorder, body_receiver, http_scope

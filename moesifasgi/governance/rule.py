@@ -1,12 +1,14 @@
 """One governance rule, compiled: its conditions, its response, its variables.
 
-Private to `governance`: see that module for the semantics.
+Used by :mod:`.engine`, which holds the semantics.
 """
 from __future__ import annotations
 
 import json
 import re
 from typing import Any, Dict, Mapping, Optional, Pattern, Tuple
+
+from ..conditions import BadCondition, compile_condition
 
 _UNKNOWN = "UNKNOWN"  # what the original substitutes for a variable without a value
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # a valid HTTP header name
@@ -106,15 +108,11 @@ class Rule:
         return tuple(groups)
 
     def _condition(self, condition: Any) -> _Condition:
-        if not isinstance(condition, Mapping):
-            raise Malformed(f"rule {self.id}: a condition is not an object")
-        path, value = condition.get("path"), condition.get("value")
-        if not isinstance(path, str) or isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise Malformed(f"rule {self.id}: a condition needs a text path and a text value")
         try:
-            pattern = re.compile(str(value))
-        except (re.error, RecursionError, OverflowError) as exc:
-            raise Malformed(f"rule {self.id}: bad regex {value!r} ({exc})") from None
+            path, pattern = compile_condition(condition)
+        except BadCondition as exc:
+            what = str(exc) if exc.bad_regex else f"a condition {exc}"
+            raise Malformed(f"rule {self.id}: {what}") from None
         if path.startswith("request.headers."):
             return ("header", path[len("request.headers."):].lower(), pattern)
         if path.startswith("request.body."):
