@@ -74,6 +74,9 @@ HANG_DEADLINE = 15.0
 FAST_CALLS_BEFORE = 3
 SLOW_CALLS = 3
 FAST_CALLS_LOCKED = 2
+# How long the lock stays held once the slow calls are answered (a stimulus, not
+# a wait for something): long enough for a server to exit in the meantime.
+LOCK_HELD_AFTER_ANSWERS = 2.0
 STARTUP_DEADLINE = 90.0
 EXIT_DEADLINE = 90.0
 
@@ -129,8 +132,9 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
         signalled_at = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         # The lock outlives the slow calls: their events too wait in memory
-        # when the server decides to exit.
+        # when the server decides to exit, which it may do right away.
         wait_until(lambda: not any(t.is_alive() for t in threads), EXIT_DEADLINE, 0.02)
+        wait_until(lambda: proc.poll() is not None, LOCK_HELD_AFTER_ANSWERS, 0.05)
         lock.execute("ROLLBACK")
         lock.close()
         lock = None
