@@ -1,7 +1,7 @@
 """Turn a captured exchange into Moesif's event JSON (a plain dict).
 
-Field names, time format and body encoding follow Moesif's collector API; see
-../shared/MOESIF_API.md.
+Field names, time format and body encoding follow Moesif's collector API
+(``POST /v1/events/batch``).
 """
 from __future__ import annotations
 

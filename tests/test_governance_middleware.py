@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from moesifasgi import MoesifMiddleware, queue_writer, storage
 
 from .conftest import read_events
+from .flush_support import PATIENCE
 
 
 RULES = [
@@ -54,7 +55,7 @@ def governed_client(queue_path: str, calls: list, identified: list) -> TestClien
     client = TestClient(app)
     client.get("/warm-up")  # starts this process's writer, which loads the stored rules
     writer = queue_writer.writer_for(queue_path, 1_000_000)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + PATIENCE
     while writer.shared.governance is None and time.monotonic() < deadline:
         writer._wakeup.set()
         time.sleep(0.02)

@@ -24,7 +24,7 @@ from ..diagnostics import problems
 from . import QueueError, connect, file_identity, is_corruption, is_disk_full, quarantine
 from .space import Reserve
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 
 def is_busy(exc: BaseException) -> bool:
