@@ -10,20 +10,23 @@ would not be recorded.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from litestar import Litestar, get, post
+from litestar import Litestar, Request, get, post
 
 from moesifasgi import MoesifMiddleware
 
 
 @get("/items/{item_id:int}", sync_to_thread=False)
-def read_item(item_id: int, q: Optional[str] = None) -> Dict[str, Any]:
-    return {"id": item_id, "q": q}
+def read_item(request: Request) -> Dict[str, Any]:
+    # Parameters read from the request: how to declare them differs across
+    # Litestar 2.x releases (the latest deprecate the inferred style).
+    return {"id": request.path_params["item_id"], "q": request.query_params.get("q")}
 
 
-@post("/orders", sync_to_thread=False)
-def create_order(data: Dict[str, Any]) -> Dict[str, Any]:
+@post("/orders")
+async def create_order(request: Request) -> Dict[str, Any]:
+    data = await request.json()
     return {"order_id": 1001, "items": data.get("items", [])}
 
 
