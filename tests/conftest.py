@@ -33,7 +33,7 @@ def path(tmp_path) -> str:
 @pytest.fixture
 def collector():
     """A loopback Moesif stand-in that expects the tests' application id."""
-    from moesifasgi_flush.local_collector import LocalCollector
+    from moesifasgi.testing.local_collector import LocalCollector
     from tests.flush_support import APP_ID
 
     with LocalCollector(application_id=APP_ID) as running:

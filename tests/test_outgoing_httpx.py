@@ -15,7 +15,7 @@ import requests
 
 from moesifasgi import outgoing
 from moesifasgi_flush.client import MoesifClient
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 
 from .conftest import read_counter, read_events, read_problems
 from .outgoing_support import capture, refused_url, target  # noqa: F401  (fixtures)

@@ -4,7 +4,7 @@ It speaks the same HTTP as api.moesif.net for the endpoints we use, records what
 it receives, and can be told to misbehave (errors, throttling, slow answers,
 poisoned rows) so that retry, split and recovery paths run against a real socket.
 
-    python -m moesifasgi_flush.local_collector --port 0 --record events.jsonl
+    python -m moesifasgi.testing.local_collector --port 0 --record events.jsonl
 """
 
 from __future__ import annotations
