@@ -30,7 +30,7 @@ from .queue_writer import close_all, flush_all
 from .recording import CallbackSet, Identity, RecordingSequence
 from .settings import Settings, parse_settings
 from .sync_bridge import is_async_callable, run_without_loop, running_loop, spawn, wait_background
-from .delivery.embedded import ensure_started as ensure_flusher_started, stop_embedded
+from .delivery.launcher import ensure_started as ensure_flusher_started, stop_flusher
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class MoesifMiddleware:
                 # it to expire.
                 await self.wait_for_recordings(SHUTDOWN_RECORDING_WAIT)
                 await asyncio.get_running_loop().run_in_executor(None, close_all)
-                await stop_embedded()
+                await stop_flusher()
             await send(message)
 
         return lifespan_send

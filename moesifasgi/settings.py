@@ -17,9 +17,11 @@ from .queue_location import default_queue_path, resolve_queue_path  # noqa: F401
 
 DEFAULT_BASE_URI = "https://api.moesif.net"
 Durability = Literal["batched", "strict"]
-FlusherMode = Literal["embedded", "in-process", "external"]
+FlusherMode = Literal["helper", "in-process", "external"]
 DURABILITY_MODES: Tuple[Durability, ...] = ("batched", "strict")
-FLUSHER_MODES: Tuple[FlusherMode, ...] = ("embedded", "in-process", "external")
+FLUSHER_MODES: Tuple[FlusherMode, ...] = ("helper", "in-process", "external")
+# The name "helper" had before: it read as "inside the worker", the one mode it is not.
+_FLUSHER_ALIASES = {"embedded": "helper"}
 # Seconds all the callbacks of one call may take together (MASK_EVENT_MODEL
 # included). A user lookup takes milliseconds; past this something is stuck,
 # and in strict mode the client's response is waiting for it.
@@ -61,7 +63,7 @@ class Settings:
     disabled_transaction_id: bool = False
     queue_path: str = ""
     durability: Durability = "batched"
-    flusher: FlusherMode = "embedded"
+    flusher: FlusherMode = "helper"
     max_body_bytes: int = MAX_BODY_BYTES
     flush_concurrency: int = 4
     capture_outgoing_requests: bool = False
@@ -175,6 +177,10 @@ def _names(settings: Mapping[str, Any], key: str) -> Tuple[str, ...]:
     return tuple(sorted({v.strip().lower() for v in value if v.strip()}))
 
 
+def _flusher_alias(value: Any) -> Any:
+    return _FLUSHER_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
 def _choice(settings: Mapping[str, Any], key: str, choices: Tuple[str, ...]) -> str:
     value = settings.get(key) or choices[0]
     if value not in choices:
@@ -254,7 +260,7 @@ def parse_settings(settings: Any) -> Settings:
         queue_path=resolve_queue_path(settings.get("QUEUE_PATH"), application_id),
         durability=cast(Durability, _choice(settings, "DURABILITY", DURABILITY_MODES)),
         flusher=cast(FlusherMode, _choice(
-            {"FLUSHER": settings.get("FLUSHER") or os.environ.get("MOESIF_FLUSHER") or "embedded"},
+            {"FLUSHER": _flusher_alias(settings.get("FLUSHER") or os.environ.get("MOESIF_FLUSHER") or "helper")},
             "FLUSHER", FLUSHER_MODES)),
         max_body_bytes=_positive_int(settings, "MAX_BODY_BYTES", MAX_BODY_BYTES),
         flush_concurrency=_flush_concurrency(settings),

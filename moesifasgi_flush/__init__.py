@@ -18,7 +18,7 @@ _MOVED = {
     "backoff": "moesifasgi.delivery.backoff",
     "client": "moesifasgi.delivery.client",
     "delivery": "moesifasgi.delivery.posting",
-    "embedded": "moesifasgi.delivery.embedded",
+    "embedded": "moesifasgi.delivery.launcher",
     "flusher": "moesifasgi.delivery.flusher",
     "helper": "moesifasgi.delivery.helper",
     "helper_supervisor": "moesifasgi.delivery.helper_supervisor",
