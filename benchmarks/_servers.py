@@ -79,6 +79,11 @@ class AppServer:
         self.proc = subprocess.Popen(cmd, env=full_env, cwd=HERE, start_new_session=True,
                                      stdout=self._log, stderr=self._log)
         wait_for_port(self.port)
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            # Another process (on a shared machine) took the port between free_port()
+            # and the bind: what answers there is not this server.
+            raise RuntimeError(f"the server exited at start (exit {self.proc.returncode}); port {self.port} taken?")
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _session(self) -> List[Tuple[int, int, str]]:
