@@ -31,6 +31,7 @@ class LoadGenerator:
         self.ok_ids: List[str] = []
         self.latencies_ms: List[float] = []  # of 2xx calls, with their end time in `ended`
         self.ended: List[float] = []
+        self.started: List[float] = []  # perf_counter() when each 2xx call (in `ok_ids` order) was sent
         self.non_2xx = 0
         self.failures = 0  # connection refused/reset, timeouts: the client got no response
         self.mismatched = 0  # 2xx whose response header does not carry the id sent
@@ -56,6 +57,10 @@ class LoadGenerator:
     @property
     def ok(self) -> int:
         return len(self.ok_ids)
+
+    def ids_sent_after(self, moment: float) -> List[str]:
+        """Ids of the 2xx calls sent after `moment` (a perf_counter() reading)."""
+        return [tid for tid, at in zip(list(self.ok_ids), list(self.started)) if at > moment]
 
     async def _main(self) -> None:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
@@ -83,6 +88,7 @@ class LoadGenerator:
                 if response.headers.get("x-moesif-transaction-id") != tid:  # the original never returns it
                     self.mismatched += 1
                 self.ok_ids.append(tid)
+                self.started.append(started)
                 now = time.perf_counter()
                 self.latencies_ms.append((now - started) * 1000)
                 self.ended.append(now)

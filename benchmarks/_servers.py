@@ -1,14 +1,22 @@
 """Start and stop the processes a benchmark needs: the app under uvicorn or
-gunicorn, and the loopback Moesif collector."""
+gunicorn, and the loopback Moesif collector.
+
+A server counts as started once every one of its workers has answered a request,
+not once the port is bound: the master binds it before its workers have imported
+the app, which takes seconds on a busy machine.
+"""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -20,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -29,6 +37,45 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+# How long workers may take to import the app and answer, on a slow shared machine.
+READY_TIMEOUT = 120.0
+
+
+def answering_pids(url: str, probes: int, path: str = "/ready", timeout: float = 10.0) -> Set[int]:
+    """Send `probes` requests at once, each on a fresh connection so that each may
+    be accepted by another worker; the pids (`{"pid": ...}`) of the workers that answered."""
+    async def main() -> Set[int]:
+        limits = httpx.Limits(max_connections=probes, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+            answers = await asyncio.gather(*(client.get(path) for _ in range(probes)), return_exceptions=True)
+        pids = set()
+        for answer in answers:
+            if isinstance(answer, httpx.Response) and answer.status_code == 200:
+                pids.add(int(answer.json()["pid"]))
+        return pids
+
+    return asyncio.run(main())
+
+
+def wait_until_answering(url: str, workers: int, exclude: Iterable[int] = (), timeout: float = READY_TIMEOUT,
+                         path: str = "/ready") -> Set[int]:
+    """Probe until `workers` distinct worker pids (none of them in `exclude`, the
+    workers being replaced) have answered; their pids. Raises after `timeout`."""
+    excluded = set(exclude)
+    answered: Set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answered |= answering_pids(url, 4 * workers, path) - excluded
+        except OSError:
+            pass
+        if len(answered) >= workers:
+            return answered
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{len(answered)} of {workers} workers answered {url}{path} within {timeout:g} s")
+        time.sleep(0.05)
 
 
 def _is_helper(args: str) -> bool:
@@ -41,7 +88,7 @@ class Collector:
 
     def __init__(self, record: Optional[str] = None, raw_record: Optional[str] = None) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "moesifasgi.testing.local_collector", "--port", str(self.port)]
         if record:
             cmd += ["--record", record]
         if raw_record:
@@ -62,11 +109,12 @@ class AppServer:
     def __init__(self, python: str, mode: str, env: Dict[str, str], workers: int = 1, server: str = "uvicorn",
                  port: Optional[int] = None, log_path: Optional[str] = None) -> None:
         self.port = port or free_port()
+        self.workers = workers
         full_env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=HERE)
         full_env.update(env)  # may set PYTHONPATH: another checkout's package ahead of the installed one
         if server == "gunicorn":
             cmd: List[str] = [
-                python, "-m", "gunicorn", "bench_app:app", "-k", "uvicorn.workers.UvicornWorker",
+                python, "-m", "gunicorn", "bench_app:app", "-k", "uvicorn_worker.UvicornWorker",
                 "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--log-level", "warning",
                 "--graceful-timeout", "10",
             ]
@@ -78,13 +126,20 @@ class AppServer:
         self._log = open(log_path, "ab") if log_path else None
         self.proc = subprocess.Popen(cmd, env=full_env, cwd=HERE, start_new_session=True,
                                      stdout=self._log, stderr=self._log)
-        wait_for_port(self.port)
-        time.sleep(0.2)
-        if self.proc.poll() is not None:
-            # Another process (on a shared machine) took the port between free_port()
-            # and the bind: what answers there is not this server.
-            raise RuntimeError(f"the server exited at start (exit {self.proc.returncode}); port {self.port} taken?")
         self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            wait_for_port(self.port, READY_TIMEOUT)
+            self.ready_pids = self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, replacing: Iterable[int] = (), timeout: float = READY_TIMEOUT) -> Set[int]:
+        """Wait until every worker answers (`bench_app`'s `/ready`, which SKIP leaves
+        out of the events); with `replacing`, until that many new workers do."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {self.proc.returncode} before answering")
+        return wait_until_answering(self.url, self.workers, replacing, timeout)
 
     def _session(self) -> List[Tuple[int, int, str]]:
         """(pid, parent pid, command) of every process of the server's session."""

@@ -7,6 +7,9 @@ queue; MOESIF_DURABILITY and MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QU
 callback (what a typical integration has). The peers export to BENCH_OTLP_ENDPOINT, a
 loopback OTLP/HTTP sink: apitally with request and response headers and bodies captured,
 OpenTelemetry's ASGI middleware with a BatchSpanProcessor and the OTLP/HTTP exporter.
+
+`GET /ready` answers the worker's pid and is skipped by ours and the original
+(SKIP), so that a harness can wait until every worker answers without adding events.
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ _name_os_threads()
 app = FastAPI()
 
 
+@app.get("/ready")
+async def ready():
+    return {"pid": os.getpid()}
+
+
+def skip_probe(request, response) -> bool:
+    return request.url.path == "/ready"
+
+
 @app.get("/hello")
 async def hello():
     return PlainTextResponse("hello")
@@ -68,7 +80,7 @@ async def stream():
 
 
 def _skip(request, response) -> bool:
-    return request.url.path == "/health"
+    return request.url.path in ("/health", "/ready")
 
 
 def _identify_user(request, response):
@@ -105,6 +117,7 @@ if MODE in ("ours", "original"):
         "APPLICATION_ID": "bench-app-id",
         "BASE_URI": os.environ.get("MOESIF_BASE_URI", "http://127.0.0.1:9"),
         "LOG_BODY": True,
+        "SKIP": skip_probe,
     }
     if os.environ.get("BENCH_CALLBACKS"):
         settings["SKIP"] = _skip

@@ -37,23 +37,30 @@ from _events import count_ids  # noqa: E402
 from _loadgen import LoadGenerator  # noqa: E402
 from _servers import AppServer  # noqa: E402
 
-from moesifasgi_flush.local_collector import LocalCollector  # noqa: E402
+from moesifasgi.testing.local_collector import LocalCollector  # noqa: E402
 
 
 @dataclass
 class Durations:
-    load: float = 10.0          # seconds of load per scenario
-    outage: float = 60.0        # scenario 4: seconds of 503
-    throttle: float = 10.0      # scenario 4: seconds of 429 after that
+    """How much each scenario does. Phases end on counted events (2xx responses
+    received, posts answered, a leader seen), never on the clock alone: `load`
+    and `outage` are minimums on top, so that the full run keeps its length, and
+    `phase_timeout` is how long a phase may take to count its events on a slow
+    machine before the scenario goes on and its checks fail."""
+    load: float = 10.0          # minimum seconds of load per scenario (split over its phases)
+    calls: int = 1000           # minimum 2xx responses per scenario (split over its phases)
+    outage: float = 60.0        # scenario 4: minimum seconds of 503
+    throttle: float = 10.0      # scenario 4: minimum seconds of 429 after that
     deliver_timeout: float = 60.0  # how long to wait for delivery after the load
     quiet: float = 5.0          # the original: stop waiting after this long without new events
     workers: int = 2
     concurrency: int = 8
     cap: int = 300              # scenario 5: EVENT_QUEUE_SIZE
+    phase_timeout: float = 120.0
 
     @classmethod
     def short(cls) -> "Durations":
-        return cls(load=3.0, outage=3.0, throttle=2.0, deliver_timeout=30.0, quiet=3.0, cap=150)
+        return cls(load=3.0, calls=300, outage=3.0, throttle=2.0, deliver_timeout=60.0, quiet=3.0, cap=150)
 
 
 @dataclass
@@ -89,12 +96,25 @@ class Outcome:
                 f"non2xx={self.non_2xx:<3d} delivery={self.delivery_s:5.1f}s {extra}")
 
 
+def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
+    """True as soon as `condition()` holds; False if it still does not after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 class Stage:
-    """One scenario's world: a temporary queue dir, the collector, the app server."""
+    """One scenario's world: a temporary queue dir, the collector, the app server
+    with every worker answering."""
 
     def __init__(self, target: Target, d: Durations, env: Optional[Dict[str, str]] = None,
                  base_uri: Optional[str] = None) -> None:
         self.target, self.d = target, d
+        self.stalled: List[str] = []  # phases that did not count their events in time
         self.tmp = tempfile.mkdtemp(prefix="moesif-faults-")
         self.queue_dir = os.path.join(self.tmp, "queue")
         os.makedirs(self.queue_dir)
@@ -105,25 +125,52 @@ class Stage:
         full_env = {"MOESIF_BASE_URI": base_uri or self.collector.url, "MOESIF_QUEUE_PATH": self.queue,
                     "MOESIF_FLUSHER": "embedded"}
         full_env.update(env or {})
-        self.server = AppServer(target.python, target.mode, full_env, workers=d.workers, server="gunicorn",
-                                log_path=self.log_path)
-        self._wait_workers()
-
-    def _wait_workers(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.server.worker_pids()) < self.d.workers and time.monotonic() < deadline:
-            time.sleep(0.1)
+        try:
+            # Returns once every worker has answered a request (see _servers.py).
+            self.server = AppServer(target.python, target.mode, full_env, workers=d.workers, server="gunicorn",
+                                    log_path=self.log_path)
+        except BaseException:
+            self.collector.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def load(self) -> LoadGenerator:
         return LoadGenerator(self.server.url, concurrency=self.d.concurrency)
+
+    def keep_loading(self, gen: LoadGenerator, name: str, calls: int, seconds: float,
+                     until: Optional[Callable[[], Any]] = None) -> bool:
+        """Let the load run until `gen` counted `calls` more 2xx responses, at least
+        `seconds` passed and `until()` holds (checked only once the rest does, it may
+        be slow); a phase that has not after `phase_timeout` is noted as stalled."""
+        target, started = gen.ok + calls, time.monotonic()
+        done = poll(lambda: gen.ok >= target and time.monotonic() - started >= seconds
+                    and (until is None or until()), self.d.phase_timeout, 0.05 if until is None else 0.2)
+        if not done:
+            self.stalled.append(name)
+        return done
+
+    def wait_for(self, name: str, condition: Callable[[], Any], interval: float = 0.05) -> bool:
+        """Poll `condition` up to `phase_timeout`; noted as stalled if it never held."""
+        done = poll(condition, self.d.phase_timeout, interval)
+        if not done:
+            self.stalled.append(name)
+        return done
 
     def received(self) -> tuple:
         return count_ids(list(self.collector.events))
 
     def status(self) -> Dict[str, Any]:
         out = subprocess.run([sys.executable, "-m", "moesifasgi_flush.cli", "--queue", self.queue, "status", "--json"],
-                             capture_output=True, text=True, timeout=30)
+                             capture_output=True, text=True, timeout=60)
         return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr.strip()[-200:]}
+
+    def leader(self) -> Optional[int]:
+        return (self.status().get("leader") or {}).get("pid")
+
+    def posts_answered(self, *statuses: int) -> int:
+        """Event posts the collector answered with one of `statuses`."""
+        return sum(1 for _m, path, status, _n in list(self.collector.request_log)
+                   if status in statuses and path.startswith("/v1/events"))
 
     def wait_delivered(self, ids: List[str], since: float, timeout: Optional[float] = None) -> float:
         """Wait until every id arrived (ours), or until nothing new came for `quiet`
@@ -145,6 +192,13 @@ class Stage:
     def outcome(self, scenario: str, gen: LoadGenerator, delivery_s: float, **extra: Any) -> Outcome:
         seen, dups = self.received()
         ok = set(gen.ok_ids)
+        if self.stalled:
+            extra["stalled"] = ",".join(self.stalled)
+        if self.target.name == "ours" and len(ok - seen) > 0 and os.path.exists(self.queue):
+            # Lost, or still queued (no flusher drained it)? Only a status tells.
+            st = self.status()
+            extra["left_in_queue"] = f"{st.get('pending')}+{st.get('in_flight')}"
+            extra["leader_at_end"] = (st.get("leader") or {}).get("pid")
         return Outcome(scenario, self.target.name, len(ok), len(ok & seen), dups, gen.failures, gen.non_2xx,
                        delivery_s, extra)
 
@@ -172,13 +226,19 @@ def scenario_graceful_restart(target: Target, d: Durations) -> List[Outcome]:
     stage = Stage(target, d)
     try:
         gen = stage.load().start()
-        time.sleep(d.load / 2)
+        stage.keep_loading(gen, "before", d.calls // 2, d.load / 2)
         old = stage.server.worker_pids()
         _signal_workers(stage, signal.SIGTERM, old)
-        time.sleep(d.load / 2)
+        # Every replacement answers before the second half is counted: the calls
+        # it serves are the ones a restart could lose.
+        try:
+            respawned = len(stage.server.wait_ready(replacing=old, timeout=d.phase_timeout))
+        except RuntimeError:
+            respawned = 0
+            stage.stalled.append("respawn")
+        stage.keep_loading(gen, "after", d.calls // 2, d.load / 2)
         gen.stop()
         ended = time.monotonic()
-        respawned = len(set(stage.server.worker_pids()) - set(old))
         delivery = stage.wait_delivered(gen.ok_ids, ended)
         return [stage.outcome("1 graceful restart", gen, delivery, respawned=respawned)]
     finally:
@@ -190,14 +250,14 @@ def _kill_one_worker(target: Target, d: Durations, durability: Optional[str]) ->
     stage = Stage(target, d, env)
     try:
         gen = stage.load().start()
-        time.sleep(d.load / 2)
+        stage.keep_loading(gen, "before", d.calls // 2, d.load / 2)
         workers = stage.server.worker_pids()
         victim = workers[0]
         if target.name == "ours":  # a worker that is not the leader: scenario 3 is the leader's
-            leader = (stage.status().get("leader") or {}).get("pid")
+            leader = stage.leader()
             victim = next((p for p in workers if p != leader), victim)
         os.kill(victim, signal.SIGKILL)
-        time.sleep(d.load / 2)
+        stage.keep_loading(gen, "after", d.calls // 2, d.load / 2)
         gen.stop()
         ended = time.monotonic()
         delivery = stage.wait_delivered(gen.ok_ids, ended)
@@ -223,43 +283,61 @@ def scenario_kill_leader(target: Target, d: Durations) -> List[Outcome]:
     stage = Stage(target, d)
     try:
         gen = stage.load().start()
-        time.sleep(d.load / 2)
-        leader = (stage.status().get("leader") or {}).get("pid")
-        stage.collector.delay(1.0)      # posts now hang for a second: one is in flight
-        time.sleep(0.5)
+        found: Dict[str, Optional[int]] = {"leader": None}
+
+        def leader_known() -> bool:
+            found["leader"] = stage.leader()
+            return found["leader"] is not None
+
+        stage.keep_loading(gen, "before", d.calls // 2, d.load / 2, until=leader_known)
+        leader = found["leader"]
+        stage.collector.delay(1.0)      # posts now hang for a second
+        # A claimed batch while posts hang is a post in flight (status reads the claims).
+        stage.wait_for("post in flight", lambda: stage.status().get("in_flight", 0) > 0, interval=0.1)
         requests_before = stage.collector.requests
         if leader:
             os.kill(leader, signal.SIGKILL)
-        time.sleep(0.6)
-        stage.collector.delay(0)
-        time.sleep(d.load / 2)
+        stage.collector.delay(0)        # the hung post still answers into a dead socket
+        new: Dict[str, Optional[int]] = {"leader": None}
+
+        def new_leader() -> bool:
+            new["leader"] = stage.leader()
+            return new["leader"] not in (None, leader)
+
+        # The killed leader's lease must expire before a new helper takes over.
+        stage.keep_loading(gen, "after", d.calls // 2, d.load / 2, until=new_leader)
         gen.stop()
         ended = time.monotonic()
         delivery = stage.wait_delivered(gen.ok_ids, ended, d.deliver_timeout + 15)
-        new_leader = (stage.status().get("leader") or {}).get("pid")
-        return [stage.outcome("3 kill -9 leader mid-post", gen, delivery, killed=leader, new_leader=new_leader,
+        return [stage.outcome("3 kill -9 leader mid-post", gen, delivery, killed=leader, new_leader=new["leader"],
                               posts_before_kill=requests_before)]
     finally:
         stage.close()
 
 
 def scenario_outage(target: Target, d: Durations) -> List[Outcome]:
-    """4. 503 for `outage` s, then 429 + Retry-After for `throttle` s, then recovery."""
+    """4. 503 for at least `outage` s, then 429 + Retry-After for at least
+    `throttle` s, then recovery; each fault lasts until the flusher has met it."""
     stage = Stage(target, d)
     try:
-        stage.collector.fail_for(503, d.outage)
+        started = time.monotonic()
+        stage.collector.fail_for(503, 24 * 3600)
         gen = stage.load().start()
-        time.sleep(min(d.load, d.outage))
+        stage.keep_loading(gen, "load", d.calls, min(d.load, d.outage))
         gen.stop()
-        time.sleep(max(0.0, d.outage - d.load))
-        stage.collector.fail_for(429, d.throttle, {"Retry-After": "2"})
-        time.sleep(d.throttle)
+        stage.wait_for("503 met", lambda: stage.posts_answered(503) > 0
+                       and time.monotonic() - started >= d.outage)
+        throttled_at = time.monotonic()
+        stage.collector.fail_for(429, 24 * 3600, {"Retry-After": "2"})
+        stage.wait_for("429 met", lambda: stage.posts_answered(429) > 0
+                       and time.monotonic() - throttled_at >= d.throttle)
+        stage.collector.reset_faults()
         recovered = time.monotonic()
         backlog = stage.status().get("pending") if target.name == "ours" else None
         delivery = stage.wait_delivered(gen.ok_ids, recovered, d.deliver_timeout + 60)
-        rejected = sum(1 for _m, _p, status, _n in stage.collector.request_log if status in (429, 503))
         return [stage.outcome("4 503 then 429 then ok", gen, delivery, backlog_at_recovery=backlog,
-                              rejected_posts=rejected)]
+                              rejected_posts=stage.posts_answered(429, 503),
+                              throttled_posts=stage.posts_answered(429))]
     finally:
         stage.close()
 
@@ -275,20 +353,34 @@ def scenario_queue_cap(target: Target, d: Durations) -> List[Outcome]:
     """5. EVENT_QUEUE_SIZE small while Moesif is down: pending <= cap, drops exact, latency kept."""
     stage = Stage(target, d, {"MOESIF_EVENT_QUEUE_SIZE": str(d.cap)})
     try:
-        stage.collector.fail_for(503, 3600)
+        stage.collector.fail_for(503, 24 * 3600)
         gen = stage.load().start()
-        max_pending, capped_at = 0, None
-        deadline = time.monotonic() + max(d.load, 3.0)
-        while time.monotonic() < deadline:
+        seen: Dict[str, Any] = {"max_pending": 0, "capped_at": None}
+
+        def capped() -> bool:
             pending = stage.status().get("pending", 0)
-            max_pending = max(max_pending, pending)
-            if capped_at is None and pending >= d.cap:
-                capped_at = time.perf_counter()
-            time.sleep(0.2)
+            seen["max_pending"] = max(seen["max_pending"], pending)
+            if seen["capped_at"] is None and pending >= d.cap:
+                seen["capped_at"] = time.perf_counter()
+            return seen["capped_at"] is not None
+
+        # Pending is watched all along, not only once the calls are counted: the
+        # load goes on until the cap was met and twice as many calls were answered.
+        target, started = max(d.calls, 2 * d.cap), time.monotonic()
+        stage.wait_for("load", lambda: capped() and gen.ok >= target and time.monotonic() - started >= d.load,
+                       interval=0.2)
         gen.stop()
-        time.sleep(1.0)  # the last group commits
-        st = stage.status()
-        max_pending = max(max_pending, st.get("pending", 0))
+        # Every answered call is either pending or a counted drop once the last
+        # groups commit.
+        st: Dict[str, Any] = {}
+
+        def settled() -> bool:
+            st.update(stage.status())
+            return st.get("pending", 0) + st.get("dropped", 0) >= gen.ok
+
+        stage.wait_for("committed", settled, interval=0.2)
+        max_pending = max(seen["max_pending"], st.get("pending", 0))
+        capped_at = seen["capped_at"]
         before = [l for l, t in zip(gen.latencies_ms, gen.ended) if capped_at is None or t < capped_at]
         after = [l for l, t in zip(gen.latencies_ms, gen.ended) if capped_at is not None and t >= capped_at]
         out = stage.outcome("5 queue cap, Moesif down", gen, 0.0, cap=d.cap, max_pending=max_pending,
@@ -307,26 +399,35 @@ def scenario_disk_trouble(target: Target, d: Durations) -> List[Outcome]:
     stage = Stage(target, d)
     try:
         gen = stage.load().start()
-        time.sleep(d.load / 3)
+        third = max(1, d.calls // 3)
+        stage.keep_loading(gen, "before", third, d.load / 3)
         ok_before_removal = gen.ok
         shutil.rmtree(stage.queue_dir)
-        time.sleep(d.load / 3)
+        stage.keep_loading(gen, "removed", third, d.load / 3, until=lambda: os.path.exists(stage.queue))
         recreated = os.path.exists(stage.queue)
         shutil.rmtree(stage.queue_dir, ignore_errors=True)
         with open(stage.queue_dir, "w") as f:  # now the directory cannot be created
             f.write("not a directory\n")
-        time.sleep(d.load / 3)
+        stage.keep_loading(gen, "unusable", third, d.load / 3)
         os.unlink(stage.queue_dir)  # the operator repairs it
-        time.sleep(1.0)
+        repaired = time.perf_counter()
+        stage.keep_loading(gen, "repaired", third, 1.0)
         gen.stop()
         ended = time.monotonic()
-        delivery = stage.wait_delivered(gen.ok_ids, ended, min(d.deliver_timeout, 15))
+        # Every call sent after the repair is written to the new file and must
+        # reach Moesif (the flusher follows the file to its new inode); earlier
+        # ones may have been dropped and counted while the path was unusable.
+        after_repair = gen.ids_sent_after(repaired)
+        delivery = stage.wait_delivered(after_repair, ended)
+        seen = stage.received()[0]
         status = stage.status()
         # The workers' logging is not configured (Python's last-resort handler
         # prints the bare message); the helper prefixes its own lines.
         errors = stage.log_messages("moesifasgi", "moesif-flush helper", "ERROR", "WARNING", "Traceback")
         return [stage.outcome("6 queue dir removed/unusable", gen, delivery, ok_before_removal=ok_before_removal,
-                              recreated=recreated, dropped_after=status.get("dropped"), log_messages=errors)]
+                              recreated=recreated, dropped_after=status.get("dropped"),
+                              sent_after_repair=len(after_repair),
+                              lost_after_repair=len(set(after_repair) - seen), log_messages=errors)]
     finally:
         stage.close()
 

@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ORIGINAL_VERSION = "1.1.8"
 VENV_DIR = os.path.join(ROOT, "bench-results", "original-venv")
-PACKAGES = [f"moesifasgi=={ORIGINAL_VERSION}", "fastapi", "uvicorn[standard]", "gunicorn"]
+PACKAGES = [f"moesifasgi=={ORIGINAL_VERSION}", "fastapi", "uvicorn[standard]", "gunicorn", "uvicorn-worker"]
 
 
 def _python(venv_dir: str) -> str:
@@ -26,13 +26,15 @@ def _python(venv_dir: str) -> str:
 
 def _has_original(python: str) -> bool:
     # Run from / so that a checkout of ours in the working directory is not imported instead.
-    probe = "import importlib.metadata as m, fastapi, uvicorn, uvloop, httptools, gunicorn; print(m.version('moesifasgi'))"
+    probe = ("import importlib.metadata as m, fastapi, uvicorn, uvloop, httptools, gunicorn, uvicorn_worker; "
+             "print(m.version('moesifasgi'))")
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd="/")
     return result.returncode == 0 and result.stdout.strip() == ORIGINAL_VERSION
 
 
 def original_python(venv_dir: str = VENV_DIR, quiet: bool = True) -> str:
-    """The python of a venv with moesifasgi 1.1.8, fastapi, uvicorn[standard] and gunicorn; created when missing."""
+    """The python of a venv with moesifasgi 1.1.8, fastapi, uvicorn[standard], gunicorn and uvicorn-worker;
+    created when missing."""
     python = _python(venv_dir)
     if os.path.exists(python) and _has_original(python):
         return python

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -29,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from moesifasgi_flush.local_collector import LocalCollector  # noqa: E402
+from moesifasgi.testing.local_collector import LocalCollector  # noqa: E402
 
 APPLICATION_ID = "demo-application-id"
 
@@ -40,15 +41,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_workers(base: str, workers: int, timeout: float = 120.0) -> None:
+    """Wait until every worker answers /health (which SKIP leaves out of the
+    events). The port is bound before the workers have imported the app, which
+    takes seconds on a busy machine; each probe goes on a fresh connection so
+    that each may reach another worker."""
+    async def answering() -> set:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as client:
+            answers = await asyncio.gather(*(client.get("/health") for _ in range(4 * workers)),
+                                           return_exceptions=True)
+        return {a.json().get("pid") for a in answers if isinstance(a, httpx.Response) and a.status_code == 200}
+
+    seen: set = set()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the app did not start listening on port {port}")
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(seen)} of {workers} workers answered {base}/health within {timeout:g} s")
+        seen |= asyncio.run(answering())
+        time.sleep(0.05)
 
 
 def jwt(sub: str) -> str:
@@ -61,7 +72,7 @@ def jwt(sub: str) -> str:
 def send_burst(base: str, rounds: int) -> int:
     """Send varied requests; return how many should become events."""
     expected = 0
-    with httpx.Client(base_url=base, timeout=10) as client:
+    with httpx.Client(base_url=base, timeout=60) as client:
         for i in range(rounds):
             checks = [
                 client.get(f"/items/{i}", params={"q": "demo"}, headers={"x-company-id": "acme"}),
@@ -87,7 +98,7 @@ def status(queue_path: str) -> dict:
     return json.loads(out)
 
 
-def main(rounds: int = 20, timeout: float = 60.0) -> int:
+def main(rounds: int = 20, timeout: float = 120.0) -> int:
     workdir = tempfile.mkdtemp(prefix="moesif-demo-")
     queue_path = os.path.join(workdir, "queue.sqlite")
     collector = LocalCollector(application_id=APPLICATION_ID).start()
@@ -101,7 +112,7 @@ def main(rounds: int = 20, timeout: float = 60.0) -> int:
     )
     ok = False
     try:
-        wait_for_port(port)
+        wait_for_workers(f"http://127.0.0.1:{port}", 2)
         print(f"collector on {collector.url}; app on http://127.0.0.1:{port} (2 workers); queue {queue_path}")
         expected = send_burst(f"http://127.0.0.1:{port}", rounds)
         print(f"sent {expected + rounds} requests ({rounds} health probes are skipped): expecting {expected} events")

@@ -22,7 +22,8 @@ app = FastAPI(title="moesifasgi example")
 
 @app.get("/health")
 def health():
-    return {"ok": True}
+    # The worker's pid lets a supervisor (or examples/demo.py) see every worker answer.
+    return {"ok": True, "pid": os.getpid()}
 
 
 @app.get("/items/{item_id}")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from starlette.datastructures import URL, FormData, Headers
 from starlette.requests import Request
 
-from .bodies import MultipartSummary, is_multipart
+from .multipart import MultipartSummary, is_multipart
 from .capture import Exchange
 
 

@@ -1,14 +1,15 @@
 """Turn a captured exchange into Moesif's event JSON (a plain dict).
 
-Field names, time format and body encoding follow Moesif's collector API; see
-../shared/MOESIF_API.md.
+Field names, time format and body encoding follow Moesif's collector API
+(``POST /v1/events/batch``).
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .bodies import BodyBuffer, MultipartSummary, encode_body
+from .bodies import BodyBuffer, encode_body
+from .multipart import MultipartSummary
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
 
 

@@ -53,7 +53,7 @@ def dumps(value: Any) -> str:
     if orjson is not None:
         try:
             # Without OPT_NON_STR_KEYS first: that option made every event's
-            # encoding 1.5-2x slower, and only a dict with a non-string key
+            # encoding markedly slower, and only a dict with a non-string key
             # (a user's metadata) needs it.
             return orjson.dumps(value, default=str).decode("utf-8")
         except TypeError:

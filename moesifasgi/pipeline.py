@@ -18,7 +18,8 @@ from .callbacks import CallbackTimeout
 from .diagnostics import problems
 from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
-from .queue_writer import QueueWriter, current_pid, writer_for
+from .per_process import current_pid
+from .queue_writer import QueueWriter, writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
 

@@ -3,26 +3,12 @@
     from moesifasgi.profiles import update_user
     update_user({"user_id": "12345", "metadata": {"email": "a@example.com", "plan": "pro"}})
 
-The original package posted each update to Moesif at once, blocking the caller on
-HTTP. Here a profile is validated in the caller, then written to the ``profiles``
-table of the shared queue file, from which the flusher posts batches to
-``/v1/users/batch`` and ``/v1/companies/batch``: updates survive restarts and
-Moesif outages.
-
-The write happens on one small thread per process, never on the caller's event
-loop. Called without a running loop (plain sync code) the functions wait for the
-commit, so the profile is on disk when they return; called inside a running loop
-they return at once. Either way they return a ``concurrent.futures.Future``
-holding how many profiles were queued (0 when the queue file could not take
-them: that is logged, never raised), so async code that wants the commit can
-``await asyncio.wrap_future(update_user(profile))``. Pending writes are finished
-at interpreter exit.
-
-They never raise into the app, as the original never did: a profile without its
-``user_id`` / ``company_id``, ``None``, ``{}`` or a value of the wrong type is left
-out, logged once per interval and counted (``profiles_dropped``, and
-``profile-invalid:user`` / ``profile-invalid:company`` in ``moesif-flush status``);
-the valid profiles of a batch are still queued.
+What callers see (validation, the returned Future, never raising) is in the README
+("User and company profiles"). Here: a profile is validated in the caller, then
+written to the ``profiles`` table of the shared queue file by one small thread per
+process, never on the caller's event loop; the flusher posts them in batches.
+Pending writes are finished at interpreter exit. Async code that wants the commit
+can ``await asyncio.wrap_future(update_user(profile))``.
 
 Which queue: the ``queue_path`` argument, else the one of the ``MoesifMiddleware``
 created in this process, else ``MOESIF_QUEUE_PATH``, else the default path
@@ -35,13 +21,13 @@ import datetime
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import storage
 from .diagnostics import problems
+from .per_process import PerProcess
 from .event_builder import format_time
 from .settings import resolve_queue_path
 from .storage.queue_file import QueueFile, is_busy
@@ -291,15 +277,9 @@ class _ProfileWriter:
         return len(kept)
 
 
-_instance: Optional[_ProfileWriter] = None
-_instance_pid = 0
-_instance_lock = threading.Lock()
+_instance: PerProcess[_ProfileWriter] = PerProcess(_ProfileWriter)
 
 
 def _writer() -> _ProfileWriter:
     """This process's writer; a forked child never uses its parent's thread or connections."""
-    global _instance, _instance_pid
-    with _instance_lock:
-        if _instance is None or _instance_pid != os.getpid():
-            _instance, _instance_pid = _ProfileWriter(), os.getpid()
-        return _instance
+    return _instance.get()

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Optional
 
 try:
     # The C function: signal.getsignal converts its result to an enum, which cost
-    # more than everything else this module does per call (about 2 µs).
+    # more than everything else this module does per call.
     from _signal import getsignal as _raw_getsignal
 except ImportError:  # pragma: no cover - other interpreters
     _raw_getsignal = signal.getsignal

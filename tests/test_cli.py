@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 
 import click
@@ -152,16 +153,21 @@ def test_drain_exits_non_zero_when_events_remain_because_of_errors(runner, path,
 def test_run_drains_logs_its_stats_and_exits_zero_on_sigterm(path, collector):
     tids = insert_events(path, 50)
     proc = cli_process("run", "--stats-interval", "0.3", queue=path, base_uri=collector.url)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        assert wait_until(lambda: collector.distinct_transaction_ids() == set(tids), timeout=10)
-        assert wait_until(lambda: query(path, "SELECT COUNT(*) FROM leases") == [(1,)], timeout=5)
-        time.sleep(0.5)
+        assert wait_until(lambda: collector.distinct_transaction_ids() == set(tids))
+        assert wait_until(lambda: query(path, "SELECT COUNT(*) FROM leases") == [(1,)])
+        assert wait_until(lambda: any("sent 50 events in the last" in line for line in lines))
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        _, err = proc.communicate(timeout=10)
+        proc.wait(60)
+        reader.join(60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = "".join(lines)
     assert proc.returncode == 0 and time.monotonic() - started < 10
     assert "sent 50 events in the last" in err and "backlog 0" in err
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]

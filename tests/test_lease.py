@@ -68,7 +68,7 @@ def test_processes_racing_for_a_free_lease_elect_exactly_one(tmp_path):
     for p in procs:
         p.start()
     start.set()
-    outcomes = [results.get(timeout=20) for _ in procs]
+    outcomes = [results.get(timeout=120) for _ in procs]
     for p in procs:
-        p.join(10)
+        p.join(60)
     assert sorted(outcomes) == [False, False, False, True]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from moesifasgi_flush.client import AUTH, OK, REJECT, RETRY, MoesifClient
-from moesifasgi_flush.local_collector import DEFAULT_CONFIG, LocalCollector
+from moesifasgi.testing.local_collector import DEFAULT_CONFIG, LocalCollector
 
 APP_ID = "test-app-id"
 
@@ -167,14 +167,16 @@ async def test_unknown_paths_and_wrong_methods_are_refused(
 async def test_fail_for_503_then_posts_recover(
     collector: LocalCollector, client: MoesifClient
 ) -> None:
-    collector.fail_for(503, 0.3, headers={"Retry-After": "2"})
+    # A window long enough for two posts on a slow machine; then wait it out.
+    window_ends = time.monotonic() + 2.0
+    collector.fail_for(503, 2.0, headers={"Retry-After": "2"})
     rows = make_rows(5)
     failed = await client.post_events(rows)
     again = await client.post_events(rows)
     assert (failed.outcome, failed.status, failed.retry_after) == (RETRY, 503, 2.0)
     assert again.outcome == RETRY
     assert collector.event_count == 0
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(max(0.0, window_ends - time.monotonic()) + 0.05)
     recovered = await client.post_events(rows)
     assert recovered.outcome == OK
     assert collector.transaction_ids() == ids_of(rows)
@@ -294,12 +296,12 @@ async def test_module_mode_prints_its_url_records_to_a_file_and_exits_0_on_sigte
     record = tmp_path / "events.jsonl"
     record.write_text('{"transaction_id": "from-an-earlier-run"}\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", "0",
+        [sys.executable, "-m", "moesifasgi.testing.local_collector", "--port", "0",
          "--record", str(record)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        line = _read_line(proc, timeout=10)
+        line = _read_line(proc, timeout=60)
         assert line.startswith("listening on http://127.0.0.1:")
         url = line.split()[-1]
         rows = make_rows(3)
@@ -308,7 +310,7 @@ async def test_module_mode_prints_its_url_records_to_a_file_and_exits_0_on_sigte
         recorded = [json.loads(x)["transaction_id"] for x in record.read_text().splitlines()]
         assert recorded == ["from-an-earlier-run"] + ids_of(rows)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

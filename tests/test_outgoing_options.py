@@ -3,6 +3,7 @@ them (no self-capture, one install, our errors kept from the caller), shown with
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 
@@ -16,6 +17,7 @@ from moesifasgi.sampling import SamplingConfig
 from moesifasgi.settings import parse_settings
 
 from .conftest import read_counter, read_events, read_problems
+from .flush_support import eventually
 from .outgoing_support import capture, refused_url, target  # noqa: F401  (fixtures)
 
 
@@ -83,7 +85,7 @@ async def test_async_callbacks_of_a_sync_call_inside_a_running_loop_are_finished
 
     capture(GET_METADATA_OUTGOING=get_metadata)
     requests.get(target.url + "/json")  # a blocking call inside a coroutine: it happens
-    await asyncio.sleep(0.05)
+    assert await eventually(lambda: os.path.exists(queue_path) and read_events(queue_path))
     [event] = read_events(queue_path)
     assert event["metadata"] == {"from": "loop"}
     assert loops == [asyncio.get_running_loop()]

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -16,9 +17,10 @@ from moesifapi.models import CompanyModel, UserModel
 from moesifasgi import profiles, storage
 from moesifasgi_flush.async_db import AsyncDB
 from moesifasgi_flush.client import MoesifClient
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 from moesifasgi_flush.profile_delivery import (
     deliver_profiles, profile_counts, requeue_profile_dead_letters, run_profile_delivery)
+from tests.flush_support import PATIENCE
 
 
 def queued(path):
@@ -111,21 +113,25 @@ def test_dicts_models_and_json_text_are_queued_as_moesif_expects_them(queue_path
     assert rows[1][2]["user_id"] == "7" and rows[1][2]["metadata"] == {"plan": "pro"}
     assert rows[3][2]["company_domain"] == "acme.com"
     stamped = datetime.datetime.strptime(rows[2][2]["modified_time"], "%Y-%m-%dT%H:%M:%S.%f")
-    assert abs(stamped - datetime.datetime.utcnow()) < datetime.timedelta(minutes=1)
+    now_utc = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert abs(stamped - now_utc) < datetime.timedelta(minutes=1)
     assert counts(queue_path)["profiles_pending"] == 5
 
 
 async def test_inside_a_running_loop_the_call_returns_before_the_write(queue_path, monkeypatch):
     insert = profiles._ProfileWriter._insert
+    release = threading.Event()
 
-    def slow_insert(self, *args):
-        time.sleep(0.3)
+    def held_insert(self, *args):
+        release.wait(60)  # the write cannot finish before the test lets it
         return insert(self, *args)
 
-    monkeypatch.setattr(profiles._ProfileWriter, "_insert", slow_insert)
-    started = time.monotonic()
+    monkeypatch.setattr(profiles._ProfileWriter, "_insert", held_insert)
     future = profiles.update_user({"user_id": "u1"}, queue_path=queue_path)
-    assert time.monotonic() - started < 0.1 and not future.done()
+    # Had the call waited for the write, it would have returned only after
+    # release.wait timed out, with the future done.
+    assert not future.done()
+    release.set()
     assert await asyncio.wrap_future(future) == 1
     assert [pid for _, pid, _ in queued(queue_path)] == ["u1"]
 
@@ -231,7 +237,7 @@ async def test_the_leaders_loop_delivers_profiles_as_they_arrive(queue_path, col
     async with MoesifClient("app-id", collector.url) as client:
         task = asyncio.ensure_future(run_profile_delivery(db, client, owner="leader", interval=0.05))
         await asyncio.wrap_future(profiles.update_company({"company_id": "c9"}, queue_path=queue_path))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + PATIENCE
         while not collector.companies and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         task.cancel()

@@ -45,7 +45,7 @@ def test_submitted_events_are_committed_in_order_with_their_ids(tmp_path):
     rows = [_row(i) for i in range(300)]
     for row in rows:
         assert writer.submit(row)
-    assert writer.flush(5)
+    assert writer.flush(60)
     writer.close()
     conn = sqlite3.connect(path)
     stored = conn.execute("SELECT transaction_id, body FROM events ORDER BY id").fetchall()
@@ -59,7 +59,7 @@ def test_events_beyond_the_cap_are_dropped_and_counted_durably(tmp_path):
     results = []
     for i in range(80):
         writer.submit(_row(i), results.append)
-    writer.flush(5)
+    writer.flush(60)
     writer.close()
     counters = _counters(path)
     assert counters["pending"] == 50
@@ -92,7 +92,7 @@ def test_an_unwritable_queue_drops_and_counts_without_raising(tmp_path, caplog):
     outcomes = []
     for i in range(20):
         assert writer.submit(_row(i), outcomes.append)
-    writer.flush(5)
+    writer.flush(60)
     writer.close()
     assert outcomes == [False] * 20
     assert writer.dropped == 20
@@ -108,7 +108,7 @@ def test_a_corrupt_queue_file_is_moved_aside_and_the_events_go_to_a_fresh_one(tm
     outcomes = []
     for i in range(20):
         assert writer.submit(_row(i), outcomes.append)
-    writer.flush(5)
+    writer.flush(60)
     writer.close()
     assert outcomes == [True] * 20 and writer.dropped == 0
     assert _counters(str(path))["pending"] == 20
@@ -121,13 +121,13 @@ def test_a_removed_queue_directory_is_recreated_and_writing_resumes(tmp_path):
     path = str(directory / "q.sqlite")
     writer = QueueWriter(path, capacity=100)
     writer.submit(_row(1))
-    writer.flush(5)
+    writer.flush(60)
     for name in os.listdir(directory):
         os.unlink(directory / name)
     os.rmdir(directory)
     time.sleep(1.1)  # past the writer's file identity check interval
     writer.submit(_row(2))
-    writer.flush(5)
+    writer.flush(60)
     writer.close()
     conn = storage.connect(path)
     assert conn.execute("SELECT body FROM events").fetchall() == [('{"n": 2}',)]
@@ -165,3 +165,26 @@ def test_four_processes_writing_at_once_end_with_exactly_their_events_and_the_ca
     assert len(stored) == min(8000, capacity)
     assert counters["pending"] == len(stored)
     assert counters["dropped"] == 8000 - len(stored)
+
+
+def test_a_first_connection_kept_waiting_past_the_busy_timeout_to_migrate_keeps_its_events(tmp_path, monkeypatch):
+    # A worker starting on a new file while another process holds the write lock
+    # for longer than the busy timeout: connect() fails "locked", which is a
+    # reason to try again, not to drop the group.
+    monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 200)
+    path = str(tmp_path / "queue.sqlite")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")  # the schema is not there yet: the writer must wait to migrate
+    writer = QueueWriter(path, 1000)
+    try:
+        assert writer.submit(("tid-1", time.time(), "{}"))
+        assert not writer.flush(1.0)  # held: still waiting, not given up
+        holder.execute("ROLLBACK")
+        assert writer.flush(30)
+        assert writer.dropped == 0
+        assert [tid for (tid,) in sqlite3.connect(path).execute("SELECT transaction_id FROM events")] == ["tid-1"]
+    finally:
+        holder.close()
+        writer.close()

@@ -25,8 +25,8 @@ class AsyncDB:
 
     With `in_loop=True` the call runs right on the event loop instead. That is for
     a process whose loop does nothing but flush (`moesif-flush run`/`drain`): a
-    queue operation takes ~0.3 ms, and skipping the thread hop and the GIL
-    hand-offs it causes drains ~10% faster. Never in a web worker, where a
+    queue operation is short, and skipping the thread hop and the GIL hand-offs
+    it causes drains faster (``benchmarks/drain_benchmark.py``). Never in a web worker, where a
     locked file (busy timeout) would stall the app.
     """
 

@@ -10,8 +10,9 @@ standing by when another process holds the lease, it exits when the worker that
 started it dies (even by kill -9), and it logs only warnings unless asked.
 
 Why a process: a flusher inside a worker shares that worker's GIL, and posting
-and bookkeeping cost ~15% of a busy worker's requests per second; here they run
-on another core.
+and bookkeeping take a visible share of a busy worker's requests per second
+(``benchmarks/http_overhead.py --flusher`` compares the modes); here they run on
+another core.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .flusher import Flusher, FlusherOptions
 from .lease import LEASE_SECONDS, RENEW_INTERVAL
 from .pump import BATCH_WAIT
 
-logger = logging.getLogger("moesifasgi.delivery.helper")
+logger = logging.getLogger(__name__)
 
 PARENT_CHECK_INTERVAL = 1.0
 _PR_SET_PDEATHSIG = 1

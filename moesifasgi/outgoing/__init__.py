@@ -1,43 +1,17 @@
 """Capture of the HTTP calls an app makes (with `requests` or `httpx`) into the same queue.
 
-In an ASGI app, ``CAPTURE_OUTGOING_REQUESTS: True`` in the middleware's settings
-turns it on. Anywhere else (a script, a worker, a cron job)::
+What is recorded, what never is, and the options are in the README ("Outgoing API
+calls"). Inside an ASGI app the middleware's ``CAPTURE_OUTGOING_REQUESTS`` turns it
+on; anywhere else, :func:`capture_outgoing`. The pieces: :mod:`.patching` patches
+each library once per process, :mod:`.requests_patch` and :mod:`.httpx_patch` wrap
+their calls, :mod:`.streams` follows a streamed response until the caller is done,
+:mod:`.event` builds the event and :mod:`.recorder` queues it.
 
-    from moesifasgi.outgoing import capture_outgoing
-
-    capture_outgoing({"APPLICATION_ID": "..."}, queue_path="/var/lib/myjob/moesif.sqlite")
-    requests.get("https://api.example.com/v1/things")   # recorded
-
-and let ``moesif-flush`` (or any app with the embedded flusher on the same
-queue file) send the events to Moesif.
-
-What is recorded: every call made through ``requests`` (any Session and the
-module-level helpers) or ``httpx`` (Client, AsyncClient, and the module-level
-helpers), from any thread or task, one event per HTTP exchange (each redirect
-hop is one), with ``direction: "Outgoing"``, the full URL, both bodies (cap and
-encoding as for incoming calls; LOG_BODY_OUTGOING turns them off), and the
-request and response times. A streamed response is recorded once the caller is
-done with it, with the part of the body the caller read. The *_OUTGOING
-callbacks receive the library's own request and response objects (the response
-is None for a failed call), plain or ``async def``; MASK_EVENT_MODEL and the
-server-side sampling apply.
-
-A call that gets no response (connection refused, timeout, reset) is recorded
-with status 0, no response headers, and the error as a JSON response body:
-``{"error": {"type": "httpx.ConnectError", "message": "..."}}``. The exception
-still reaches the caller, the very same object.
-
-Never recorded: calls to BASE_URI or to ``*.moesif.net``, calls carrying an
-``X-Moesif-Application-Id`` (as the flusher's do) or ``X-Moesif-SDK`` header,
-calls made from inside the callbacks, and httpx calls that never leave the
-process (ASGITransport, WSGITransport, Starlette's TestClient).
-
-Limits: a request body that is a file or generator (a streamed upload) is not
-read, so the event has none; for a streamed `requests` response, bytes read
-straight from ``response.raw`` are not seen; a streamed response the caller
-never reads nor closes is recorded when it is garbage-collected, and its
-callbacks then get a stand-in response object with the same status and headers.
-Outgoing events are always queued as DURABILITY="batched".
+Details the README leaves out: a streamed response the caller never reads nor
+closes is recorded when it is garbage-collected, its callbacks then getting a
+stand-in response object with the same status and headers; calls carrying an
+``X-Moesif-SDK`` header are not recorded either; outgoing events are always
+queued as DURABILITY="batched".
 """
 from __future__ import annotations
 

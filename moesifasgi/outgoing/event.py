@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
-from ..bodies import BodyBuffer, MultipartSummary, encode_body, is_multipart
+from ..bodies import BodyBuffer, encode_body
+from ..multipart import MultipartSummary, is_multipart
 from ..capture import new_transaction_id
 from ..event_builder import add_optional_fields, format_time
 

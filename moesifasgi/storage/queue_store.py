@@ -69,7 +69,8 @@ RETURNING {returning}
 # posted under one application id; see migrations/0004), keep those within the
 # byte budget here, then mark exactly them by their id range (the other rows in
 # that range are claimed already or another app's, which the UPDATE's filter
-# excludes as the SELECT did). Measured 14 µs instead of 24 µs of CPU per event.
+# excludes as the SELECT did). That costs markedly less CPU per event
+# (``benchmarks/queue_access.py`` prints it).
 _CLAIMABLE_SQL = (
     "SELECT id, transaction_id, created_at, body, app, length(CAST(body AS BLOB)) FROM events "
     "WHERE claimed_until < ?1 AND app IS (SELECT app FROM events WHERE claimed_until < ?1 ORDER BY id LIMIT 1) "
