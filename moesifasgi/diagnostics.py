@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Dict, Tuple
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 
 class ProblemLog:

@@ -22,7 +22,7 @@ from .sync_bridge import is_async_callable
 
 __all__ = ["CallbackSet", "Identity", "RecordingSequence"]
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 _MISSING = object()
 # What callbacks usually return: never awaitable, so inspect.isawaitable (an ABC

@@ -16,7 +16,7 @@ from .governance import GovernanceRules
 from .sampling import SamplingConfig
 from .storage.queue_store import kv_get_many
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "config"
 RULES_KEY = "rules"

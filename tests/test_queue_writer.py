@@ -165,3 +165,26 @@ def test_four_processes_writing_at_once_end_with_exactly_their_events_and_the_ca
     assert len(stored) == min(8000, capacity)
     assert counters["pending"] == len(stored)
     assert counters["dropped"] == 8000 - len(stored)
+
+
+def test_a_first_connection_kept_waiting_past_the_busy_timeout_to_migrate_keeps_its_events(tmp_path, monkeypatch):
+    # A worker starting on a new file while another process holds the write lock
+    # for longer than the busy timeout: connect() fails "locked", which is a
+    # reason to try again, not to drop the group.
+    monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 200)
+    path = str(tmp_path / "queue.sqlite")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")  # the schema is not there yet: the writer must wait to migrate
+    writer = QueueWriter(path, 1000)
+    try:
+        assert writer.submit(("tid-1", time.time(), "{}"))
+        assert not writer.flush(1.0)  # held: still waiting, not given up
+        holder.execute("ROLLBACK")
+        assert writer.flush(30)
+        assert writer.dropped == 0
+        assert [tid for (tid,) in sqlite3.connect(path).execute("SELECT transaction_id FROM events")] == ["tid-1"]
+    finally:
+        holder.close()
+        writer.close()

@@ -26,7 +26,6 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from moesifasgi import storage
 from tests.flush_support import wait_until
 from tests.server_support import (
     Call, free_port, kill_server, recorded_ids, responds, server_env, start_server,
@@ -75,6 +74,9 @@ HANG_DEADLINE = 15.0
 FAST_CALLS_BEFORE = 3
 SLOW_CALLS = 3
 FAST_CALLS_LOCKED = 2
+# How long the lock stays held once the slow calls are answered (a stimulus, not
+# a wait for something): long enough for a server to exit in the meantime.
+LOCK_HELD_AFTER_ANSWERS = 2.0
 STARTUP_DEADLINE = 90.0
 EXIT_DEADLINE = 90.0
 
@@ -111,8 +113,9 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
         calls.extend(Call(port, "/fast").run() for _ in range(FAST_CALLS_BEFORE))
 
         # Hold the writer back, as another worker or the flusher may: these calls
-        # are answered while their events wait in the worker's memory.
-        storage.connect(queue).close()
+        # are answered while their events wait in the worker's memory. (Once the
+        # worker has written: its first connection is another story.)
+        assert wait_until(lambda: len(recorded_ids(queue)) >= len(calls), 60, 0.02), "nothing was committed"
         lock = sqlite3.connect(queue, isolation_level=None, timeout=30)
         lock.execute("BEGIN IMMEDIATE")
         calls.extend(Call(port, "/fast").run() for _ in range(FAST_CALLS_LOCKED))
@@ -129,8 +132,9 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
         signalled_at = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         # The lock outlives the slow calls: their events too wait in memory
-        # when the server decides to exit.
+        # when the server decides to exit, which it may do right away.
         wait_until(lambda: not any(t.is_alive() for t in threads), EXIT_DEADLINE, 0.02)
+        wait_until(lambda: proc.poll() is not None, LOCK_HELD_AFTER_ANSWERS, 0.05)
         lock.execute("ROLLBACK")
         lock.close()
         lock = None

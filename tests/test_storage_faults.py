@@ -16,7 +16,7 @@ from moesifasgi import profiles, queue_writer, storage
 from moesifasgi.queue_writer import QueueWriter
 from moesifasgi.storage import maintenance, queue_file, space
 from moesifasgi_flush.flusher import Flusher
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 from tests.flush_support import APP_ID, FAST, event_json, eventually, insert_events, wait_until
 
 

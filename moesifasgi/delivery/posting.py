@@ -23,6 +23,7 @@ from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import AUTH, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult
+from .outcomes import PostOutcome
 from .splitting import post_isolating
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Outcome:
     dead_lettered: int = 0
     released: List[int] = field(default_factory=list)  # ids given back after an error
     acked: List[int] = field(default_factory=list)
-    error: Optional[str] = None  # the outcome constant of the failure, if any
+    error: Optional[PostOutcome] = None  # the failed post's, if any
     to_ack: List[int] = field(default_factory=list)  # accepted, left for the caller to delete
     success_at: Optional[float] = None  # to record with that deferred ack
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from ..storage import queue_store as qs
 from .async_db import AsyncDB
-from .client import AUTH
+from .outcomes import StopReason
 from .posting import Delivery
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class DrainStats:
     dead_lettered: int = 0
     failed: int = 0  # events dead-lettered plus events still queued after a failed post
     remaining: int = 0  # events pending in the queue file at the end (any process's)
-    error: Optional[str] = None  # why the drain stopped early: "auth", "retry", "deadline"
+    error: Optional[StopReason] = None  # why the drain stopped early
     elapsed: float = 0.0
 
 
@@ -63,7 +63,7 @@ class Pump:
         self.sent = 0
         self.dead_lettered = 0
         self.failed_ids: Set[int] = set()
-        self.last_error: Optional[str] = None
+        self.last_error: Optional[StopReason] = None
         self._holding: Dict[int, List[int]] = {}  # worker number -> ids it has claimed
         # worker number -> (ids Moesif accepted, success time): deleted with the next claim
         self._to_ack: Dict[int, Tuple[List[int], Optional[float]]] = {}
@@ -115,11 +115,11 @@ class Pump:
             timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
             await asyncio.wait([stop, *workers], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not self._stopping.is_set() and self._deadline is not None and time.monotonic() >= self._deadline:
-                self.last_error = self.last_error or "deadline"
+                self.last_error = self.last_error or StopReason.DEADLINE
         finally:
             stop.cancel()
 
-    async def _cancel(self, running: "set[asyncio.Future[None]]") -> None:
+    async def _cancel(self, running: "Set[asyncio.Future[None]]") -> None:
         for task in running:
             task.cancel()
         if running:
@@ -137,7 +137,7 @@ class Pump:
         if self._stopping.is_set():
             return True
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            self.last_error = self.last_error or "deadline"
+            self.last_error = self.last_error or StopReason.DEADLINE
             return True
         return False
 
@@ -155,7 +155,7 @@ class Pump:
                 await self._flush_acks([number])
                 if self._until_empty and delivery.auth_blocked:
                     # Waiting minutes for a probe is the daemon's job, not drain's.
-                    self.last_error = AUTH
+                    self.last_error = StopReason.AUTH
                     self._stopping.set()
                     break
                 await self._sleep(min(pause, 0.5))
@@ -202,7 +202,7 @@ class Pump:
         self.sent += outcome.sent
         self.dead_lettered += outcome.dead_lettered
         if outcome.released:
-            self.last_error = outcome.error
+            self.last_error = None if outcome.error is None else StopReason.after(outcome.error)
             if self._until_empty:  # only a drain reports them; a daemon would hoard ids
                 self.failed_ids.update(outcome.released)
         if self.failed_ids:
@@ -286,5 +286,5 @@ class Pump:
 
     def stats(self, remaining: int, elapsed: float) -> DrainStats:
         failed = self.dead_lettered + len(self.failed_ids)
-        error = self.last_error if (self.failed_ids or self.last_error in (AUTH, "deadline")) else None
+        error = self.last_error if (self.failed_ids or self.last_error in (StopReason.AUTH, StopReason.DEADLINE)) else None
         return DrainStats(self.sent, self.dead_lettered, failed, remaining, error, elapsed)

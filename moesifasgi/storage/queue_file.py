@@ -24,11 +24,15 @@ from ..diagnostics import problems
 from . import QueueError, connect, file_identity, is_corruption, is_disk_full, quarantine
 from .space import Reserve
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 
 def is_busy(exc: BaseException) -> bool:
     """True for "database is locked" / "busy": another process holds the lock; try again."""
+    if isinstance(exc, QueueError) and exc.__cause__ is not None:
+        # connect() met the lock: a first connection that waited to migrate a new
+        # file while another process held the lock for over the busy timeout.
+        exc = exc.__cause__
     if not isinstance(exc, sqlite3.OperationalError):
         return False
     text = str(exc)
