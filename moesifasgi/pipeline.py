@@ -41,7 +41,10 @@ class EventPipeline:
     @property
     def writer(self) -> QueueWriter:
         # Looked up per process: after a fork the parent's writer is not ours.
+        writer = self._writer
         pid = current_pid()
+        if writer is not None and self._writer_pid == pid and not writer._stopping:
+            return writer  # read a few times per call: attribute tests only
         if self._writer is None or self._writer_pid != pid or self._writer.closed:
             self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size,
                                       self.settings.application_id)
