@@ -18,7 +18,8 @@ from .callbacks import CallbackTimeout
 from .diagnostics import problems
 from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
-from .queue_writer import QueueWriter, current_pid, writer_for
+from .per_process import current_pid
+from .queue_writer import QueueWriter, writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
 
@@ -40,7 +41,10 @@ class EventPipeline:
     @property
     def writer(self) -> QueueWriter:
         # Looked up per process: after a fork the parent's writer is not ours.
+        writer = self._writer
         pid = current_pid()
+        if writer is not None and self._writer_pid == pid and not writer._stopping:
+            return writer  # read a few times per call: attribute tests only
         if self._writer is None or self._writer_pid != pid or self._writer.closed:
             self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size,
                                       self.settings.application_id)

@@ -21,13 +21,13 @@ import datetime
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import storage
 from .diagnostics import problems
+from .per_process import PerProcess
 from .event_builder import format_time
 from .settings import resolve_queue_path
 from .storage.queue_file import QueueFile, is_busy
@@ -277,15 +277,9 @@ class _ProfileWriter:
         return len(kept)
 
 
-_instance: Optional[_ProfileWriter] = None
-_instance_pid = 0
-_instance_lock = threading.Lock()
+_instance: PerProcess[_ProfileWriter] = PerProcess(_ProfileWriter)
 
 
 def _writer() -> _ProfileWriter:
     """This process's writer; a forked child never uses its parent's thread or connections."""
-    global _instance, _instance_pid
-    with _instance_lock:
-        if _instance is None or _instance_pid != os.getpid():
-            _instance, _instance_pid = _ProfileWriter(), os.getpid()
-        return _instance
+    return _instance.get()

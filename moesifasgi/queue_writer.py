@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import shutdown, storage
 from .diagnostics import problems
+from .per_process import PerProcess
 from .shared_state import SharedState
 from .storage import space
 from .storage.queue_file import QueueFile, is_busy
@@ -381,24 +381,7 @@ def _subtract(counts: Dict[str, int], written: Dict[str, int]) -> None:
 
 # -- one writer per queue file per process ---------------------------------------------
 
-_pid = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def current_pid() -> int:
-    """os.getpid() without a system call per request; kept right across fork."""
-    return _pid
-
-
-_writers: Dict[Tuple[str, Optional[str]], QueueWriter] = {}
-_writers_pid = os.getpid()
+_writers: PerProcess[Dict[Tuple[str, Optional[str]], QueueWriter]] = PerProcess(dict)
 _writers_lock = threading.Lock()
 
 
@@ -408,35 +391,34 @@ def writer_for(path: str, capacity: int, application_id: Optional[str] = None) -
     Objects inherited through fork (gunicorn --preload) are never used: a thread
     or SQLite connection does not survive a fork, so a child starts afresh.
     """
-    global _writers_pid
     key = (path, application_id)
-    writer = _writers.get(key)
-    if writer is not None and _writers_pid == os.getpid():
+    writers = _writers.get()
+    writer = writers.get(key)
+    if writer is not None:
         return writer
     with _writers_lock:
-        if _writers_pid != os.getpid():
-            _writers.clear()
-            _writers_pid = os.getpid()
-        writer = _writers.get(key)
+        writer = writers.get(key)
         if writer is None:
-            writer = _writers[key] = QueueWriter(path, capacity, application_id=application_id)
+            writer = writers[key] = QueueWriter(path, capacity, application_id=application_id)
             _install_exit_hooks()
         return writer
 
 
 def close_all(timeout: float = 5.0) -> None:
     """Commit and close every writer of this process (lifespan shutdown, exit, SIGTERM)."""
-    if _writers_pid != os.getpid():
+    writers = _writers.peek()
+    if writers is None:
         return
-    for writer in list(_writers.values()):
+    for writer in list(writers.values()):
         writer.close(timeout)
-    _writers.clear()
+    writers.clear()
 
 
 def flush_all(timeout: float = 5.0) -> bool:
-    if _writers_pid != os.getpid():
+    writers = _writers.peek()
+    if writers is None:
         return True
-    return all([writer.flush(timeout) for writer in list(_writers.values())])
+    return all([writer.flush(timeout) for writer in list(writers.values())])
 
 
 def _install_exit_hooks() -> None:

@@ -9,12 +9,15 @@ import pytest
 
 from moesifasgi import queue_writer, storage
 from moesifasgi.diagnostics import problems
+from tests._compat import accept_content_on_old_testclients
 
 
 # Tests that do not test the flusher keep their apps write-only, and nothing may
 # ever try to reach the real Moesif: the default collector is a dead loopback port.
 os.environ.setdefault("MOESIF_FLUSHER", "external")
 os.environ.setdefault("MOESIF_BASE_URI", "http://127.0.0.1:9")
+
+accept_content_on_old_testclients()
 
 
 @pytest.fixture

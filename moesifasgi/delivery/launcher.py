@@ -24,7 +24,10 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional
+
+from moesifasgi.diagnostics import ProblemLog
+from moesifasgi.per_process import after_fork_in_child
 
 if TYPE_CHECKING:  # the middleware imports this module: keep that import light and acyclic
     from moesifasgi.settings import Settings
@@ -50,7 +53,7 @@ class _Entry:
 _active: Dict[str, _Entry] = {}
 _owner_pid: Optional[int] = None
 _inherited: List[_Entry] = []  # kept referenced so their objects are never finalized here
-_logged: Set[str] = set()
+_once = ProblemLog(logger, interval=None)  # each failure once per process
 _fork_hook_installed = False
 
 
@@ -107,10 +110,10 @@ def _start(settings: Settings, options: Optional[FlusherOptions], helper_options
 
 def _forget_parent_state() -> None:
     global _fork_hook_installed
-    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+    if not _fork_hook_installed:
         # Clears the map in a child right after fork, before any request can see a
         # parent's entry; the pid check below covers forks that skip the hook.
-        os.register_at_fork(after_in_child=_after_fork)
+        after_fork_in_child(_after_fork)
         _fork_hook_installed = True
     if _owner_pid != os.getpid():
         _after_fork()
@@ -120,7 +123,7 @@ def _after_fork() -> None:
     global _owner_pid
     _inherited.extend(_active.values())
     _active.clear()
-    _logged.clear()
+    _once.reset()
     _owner_pid = os.getpid()
 
 
@@ -187,10 +190,7 @@ def running_flushers() -> Dict[str, Flusher]:
 
 
 def _log_once(key: str, message: str, exc_info: bool = False, level: int = logging.ERROR) -> None:
-    if key in _logged:
-        return
-    _logged.add(key)
-    logger.log(level, message, exc_info=exc_info)
+    _once.report(key, message, level=level, exc_info=exc_info)
 
 
 stop_embedded = stop_flusher  # the old name, for code using moesifasgi_flush.embedded
