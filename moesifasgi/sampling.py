@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Mapping, Optional, Pattern, Set, Tuple
+from typing import Any, Dict, Mapping, Optional, Pattern, Tuple
 
 from .conditions import BadCondition, compile_condition
+from .diagnostics import ProblemLog
 
 __all__ = ["SamplingConfig", "keep", "weight_for"]
 
@@ -38,18 +39,13 @@ DEFAULT_RATE = 100.0
 
 _PATHS = ("request.verb", "request.route", "request.ip_address", "response.status")
 
-# Problems already reported: the config is refetched every few minutes and a
+# Each problem once per process: the config is refetched every few minutes and a
 # broken entry should not warn each time. Bounded so it cannot grow forever.
-_warned: Set[str] = set()
-_MAX_WARNED = 256
+_warned = ProblemLog(logger, interval=None, max_keys=256)
 
 
 def _warn(problem: str) -> None:
-    if problem in _warned:
-        return
-    if len(_warned) < _MAX_WARNED:
-        _warned.add(problem)
-    logger.warning("ignoring part of the Moesif sampling config: %s", problem)
+    _warned.report(problem, "ignoring part of the Moesif sampling config: %s", problem)
 
 
 def _rate(value: Any, where: str) -> Optional[float]:

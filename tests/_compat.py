@@ -44,3 +44,33 @@ def close_client_with_a_stream_let_go(client: Any) -> None:
     except RuntimeError as exc:
         if "in-flight" not in str(exc):
             raise
+
+
+
+def cli_runner() -> Any:
+    """A CliRunner that behaves as click 8.2's on every click.
+
+    click 8.2 keeps stderr apart (`result.stderr`) while `result.output` is
+    everything the terminal shows. Before 8.2 (and 8.1 is the last for Python
+    3.9) stderr is either mixed into stdout with no `result.stderr`, or kept
+    apart with `result.output` holding stdout alone; here it is kept apart and
+    `output` is stdout then stderr."""
+    import inspect
+
+    from click.testing import CliRunner, Result
+
+    if "mix_stderr" not in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner()
+
+    class BothStreams(Result):
+        @property
+        def output(self) -> str:
+            return self.stdout + self.stderr
+
+    class Runner(CliRunner):
+        def invoke(self, *args: Any, **kwargs: Any) -> Any:
+            result = super().invoke(*args, **kwargs)
+            result.__class__ = BothStreams
+            return result
+
+    return Runner(mix_stderr=False)

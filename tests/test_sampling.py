@@ -31,9 +31,9 @@ def rule(rate_value, *conditions):
 @pytest.fixture(autouse=True)
 def fresh_warnings():
     # Warnings are logged once per process; each test starts from a clean slate.
-    sampling._warned.clear()
+    sampling._warned.reset()
     yield
-    sampling._warned.clear()
+    sampling._warned.reset()
 
 
 def test_no_config_keeps_everything():

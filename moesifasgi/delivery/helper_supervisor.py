@@ -34,6 +34,7 @@ try:
 except ImportError:  # Windows: no flock to elect the worker that starts the helper
     fcntl = None  # type: ignore[assignment]
 
+from moesifasgi.diagnostics import ProblemLog
 from moesifasgi.per_process import PerProcess
 from moesifasgi.queue_location import open_private_file
 
@@ -70,7 +71,7 @@ class HelperSupervisor:
         self._fallback = fallback  # starts the in-process flusher if no helper can run
         self._fallback_task: Optional["asyncio.Future[None]"] = None
         self._stopping = False
-        self._failing = False
+        self._problems = ProblemLog(logger, interval=None)
         # One connection on one thread, reopened if the file is replaced.
         self._db = AsyncDB(settings.queue_path)
 
@@ -83,14 +84,14 @@ class HelperSupervisor:
         while not self._stopping and self._fallback_task is None:
             try:
                 await self.check()
-                self._failing = False
+                self._problems.clear("check")
             except Exception as exc:
                 if self._stopping:
                     break  # stop() closed the database under this check
                 # Once per episode: a broken queue path would otherwise log every few seconds.
-                (logger.debug if self._failing else logger.warning)(
-                    "moesifasgi: cannot check the flusher helper (%s); events stay queued, retrying", exc)
-                self._failing = True
+                message = "moesifasgi: cannot check the flusher helper (%s); events stay queued, retrying"
+                if not self._problems.report("check", message, exc):
+                    logger.debug(message, exc)
             if self._fallback_task is not None:
                 break
             # Jitter keeps the workers of one host from checking in lockstep.

@@ -24,8 +24,9 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional
 
+from moesifasgi.diagnostics import ProblemLog
 from moesifasgi.per_process import after_fork_in_child
 
 if TYPE_CHECKING:  # the middleware imports this module: keep that import light and acyclic
@@ -52,7 +53,7 @@ class _Entry:
 _active: Dict[str, _Entry] = {}
 _owner_pid: Optional[int] = None
 _inherited: List[_Entry] = []  # kept referenced so their objects are never finalized here
-_logged: Set[str] = set()
+_once = ProblemLog(logger, interval=None)  # each failure once per process
 _fork_hook_installed = False
 
 
@@ -122,7 +123,7 @@ def _after_fork() -> None:
     global _owner_pid
     _inherited.extend(_active.values())
     _active.clear()
-    _logged.clear()
+    _once.reset()
     _owner_pid = os.getpid()
 
 
@@ -189,10 +190,7 @@ def running_flushers() -> Dict[str, Flusher]:
 
 
 def _log_once(key: str, message: str, exc_info: bool = False, level: int = logging.ERROR) -> None:
-    if key in _logged:
-        return
-    _logged.add(key)
-    logger.log(level, message, exc_info=exc_info)
+    _once.report(key, message, level=level, exc_info=exc_info)
 
 
 stop_embedded = stop_flusher  # the old name, for code using moesifasgi_flush.embedded

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
+from ..diagnostics import ProblemLog
 from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .outcomes import StopReason
@@ -73,7 +74,7 @@ class Pump:
         self._claim_gate = asyncio.Lock()
         self._until_empty = False
         self._deadline: Optional[float] = None
-        self._failing = False  # shared by the workers: one log line per episode
+        self._problems = ProblemLog(logger, interval=None)  # shared by the workers: one line per episode
         self.grace = 5.0  # seconds in-flight posts get after a stop (the owner may lower it)
 
     def request_stop(self) -> None:
@@ -162,8 +163,7 @@ class Pump:
                 continue
             try:
                 await self._one_batch(number)
-                if self._failing:
-                    self._failing = False
+                if self._problems.clear("batch"):
                     logger.warning("flushing works again")
             except asyncio.CancelledError:
                 raise
@@ -172,11 +172,9 @@ class Pump:
                 # file removed) must not kill the worker: the claimed rows come
                 # back when released or expired, and we try again a moment later.
                 # The traceback once per episode, not once a second per worker.
-                if self._failing:
+                if not self._problems.report("batch", "flushing a batch failed; retrying shortly",
+                                             level=logging.ERROR, exc_info=True):
                     logger.debug("flushing a batch failed again: %s", exc)
-                else:
-                    logger.exception("flushing a batch failed; retrying shortly")
-                self._failing = True
                 await self._release_held(number)
                 await self._sleep(1.0)
         await self._flush_acks([number])
