@@ -158,7 +158,7 @@ class MoesifMiddleware:
             await send(message)
 
         app_send: Send = send_wrapper
-        rules = self.pipeline.writer.shared.governance
+        rules = self.pipeline.remote.governance
         if rules is not None:
             decision = None
             try:

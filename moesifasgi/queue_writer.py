@@ -22,7 +22,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 from . import shutdown, storage
 from .diagnostics import problems
 from .per_process import PerProcess
-from .shared_state import SharedState
+from . import shared_state
 from .storage import intake, space
 from .storage.queue_file import QueueFile, is_busy
 
@@ -64,7 +64,7 @@ class QueueWriter:
         self.commit_interval = commit_interval
         self.application_id = application_id
         self.max_buffered_bytes = max_buffered_bytes
-        self.shared = SharedState()
+        self.shared = shared_state.for_queue(path)  # refreshed by this writer's thread
         self.committed = 0
         self.commits = 0
         self.dropped = 0  # every drop this process saw, for tests and debug logging
