@@ -311,6 +311,14 @@ def dead_letter_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
 
 
+def newest_dead_letters(conn: sqlite3.Connection, since: float) -> Tuple[int, Optional[str]]:
+    """(dead letters that failed at or after `since`, the newest one's reason or None)."""
+    count, = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE failed_at >= ?", (since,)).fetchone()
+    row = conn.execute("SELECT reason FROM dead_letters WHERE failed_at >= ? ORDER BY id DESC LIMIT 1",
+                       (since,)).fetchone()
+    return int(count), None if row is None else row[0]
+
+
 # -- kv ---------------------------------------------------------------------------
 
 def _kv_upsert(conn: sqlite3.Connection, key: str, value: str, now: float) -> None:
