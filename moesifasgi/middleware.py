@@ -152,13 +152,17 @@ class MoesifMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 message = exchange.on_response_start(message)
-            elif kind == "http.response.body" and exchange.on_response_body(message) and strict:
+            elif kind == "http.response.body" and exchange.on_response_body(message) and (
+                    strict or shutdown.requested()):
                 # The client gets the last chunk only once the event is committed.
-                await self._finish(exchange)
+                # So too once the process is stopping: some servers (granian) stop
+                # their event loop as soon as the last responses are out, before
+                # the app's task gets to return and be recorded.
+                await self._finish(exchange, strict=True)
             await send(message)
 
         app_send: Send = send_wrapper
-        rules = self.pipeline.writer.shared.governance
+        rules = self.pipeline.remote.governance
         if rules is not None:
             decision = None
             try:

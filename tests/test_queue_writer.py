@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from moesifasgi import storage
-from moesifasgi.queue_writer import QueueWriter, _insert_rows
+from moesifasgi.queue_writer import QueueWriter
+from moesifasgi.storage.intake import insert_events
 
 
 def _row(i: int = 0) -> tuple:
@@ -32,7 +33,7 @@ def test_a_group_of_any_size_is_inserted_whole_in_order_with_its_app(tmp_path, c
     conn = storage.connect(path)
     rows = [(f"id-{i}", 1000.0 + i, '{"n": %d}' % i) for i in range(count)]
     with storage.immediate(conn):
-        _insert_rows(conn, rows, None)
+        insert_events(conn, rows, None)
     stored = conn.execute("SELECT transaction_id, created_at, body, app FROM events ORDER BY id").fetchall()
     conn.close()
     assert stored == [row + (None,) for row in rows]
