@@ -67,7 +67,7 @@ class RawRecordReader:
         self._offset = 0
 
     def poll(self) -> int:
-        from moesifasgi_flush.local_collector import read_raw_frames
+        from moesifasgi.testing.local_collector import read_raw_frames
 
         try:
             with open(self.path, "rb") as f:

@@ -88,7 +88,7 @@ class Collector:
 
     def __init__(self, record: Optional[str] = None, raw_record: Optional[str] = None) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "moesifasgi.testing.local_collector", "--port", str(self.port)]
         if record:
             cmd += ["--record", record]
         if raw_record:

@@ -250,7 +250,12 @@ def main() -> int:
                         spec = LoadSpec(endpoint=endpoint, seconds=args.seconds, connections=args.connections,
                                         server=kind, workers=workers, callbacks=not args.no_callbacks,
                                         deliver_timeout=10.0 if q else 30.0)
-                        r = measure(mode, python, spec, workdir, seq)
+                        try:
+                            r = measure(mode, python, spec, workdir, seq)
+                        except RuntimeError as exc:  # the port was taken: once more on another
+                            print(f"  {exc}; retrying", flush=True)
+                            seq += 1
+                            r = measure(mode, python, spec, workdir, seq)
                         results[endpoint][mode].append(r)
                         print(f"  {kind} x{workers} round {round_no + 1} {endpoint:7s} {mode:9s} "
                               f"{r.wrk.requests_per_s:8.0f} req/s p99 {r.wrk.p99_ms:6.2f} ms "

@@ -9,7 +9,7 @@ FLUSH_CONCURRENCY in flight) to the same stand-in, in a child process whose
 CPU is measured the same way. The drain can be no faster than that; the queue's
 cost is the difference, and the flusher's CPU per event is what the host pays.
 
-The collector runs in its own process (`python -m moesifasgi_flush.local_collector`)
+The collector runs in its own process (`python -m moesifasgi.testing.local_collector`)
 so that it does not share the flusher's GIL; the flusher runs in this process, and
 its peak RSS (VmHWM) is read before and after the drain. The memory goal is
 that the peak does not grow with the backlog: run with --events 20000 and 200000
@@ -96,7 +96,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_collector() -> tuple:
-    proc = subprocess.Popen([sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", "0", "--verbose",
+    proc = subprocess.Popen([sys.executable, "-m", "moesifasgi.testing.local_collector", "--port", "0", "--verbose",
                              "--interval", "3600"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()  # "listening on http://127.0.0.1:PORT"
     return proc, line.rsplit(" ", 1)[-1]

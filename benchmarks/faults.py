@@ -37,7 +37,7 @@ from _events import count_ids  # noqa: E402
 from _loadgen import LoadGenerator  # noqa: E402
 from _servers import AppServer  # noqa: E402
 
-from moesifasgi_flush.local_collector import LocalCollector  # noqa: E402
+from moesifasgi.testing.local_collector import LocalCollector  # noqa: E402
 
 
 @dataclass

@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from moesifasgi_flush.local_collector import LocalCollector  # noqa: E402
+from moesifasgi.testing.local_collector import LocalCollector  # noqa: E402
 
 APPLICATION_ID = "demo-application-id"
 

@@ -60,7 +60,7 @@ def record(seconds: float, outage: Tuple[float, float]) -> List[Sample]:
     from starlette.testclient import TestClient
 
     from moesifasgi import MoesifMiddleware, queue_writer
-    from moesifasgi_flush.local_collector import LocalCollector
+    from moesifasgi.testing.local_collector import LocalCollector
 
     workdir = tempfile.mkdtemp(prefix="moesif-dashboard-")
     queue = os.path.join(workdir, "queue.sqlite")

@@ -28,7 +28,7 @@ import base64
 import logging
 import re
 import zlib
-from typing import Any
+from typing import Any, List, Optional, Tuple
 
 from . import jsoncodec
 
@@ -62,7 +62,7 @@ _LEADING_SPACE = re.compile(rb"[ \t\r\n]*")  # JSON's whitespace, scanned in C
 
 
 
-def truncation_marker(kept: int, total: int | None, *, compressed: bool = False) -> bytes:
+def truncation_marker(kept: int, total: Optional[int], *, compressed: bool = False) -> bytes:
     """The line appended to a truncated body before it is base64-encoded.
 
     ``kept`` counts the bytes shown (after decompression); ``total`` the
@@ -89,7 +89,7 @@ class BodyBuffer:
         self.limit = max(0, int(limit))
         self.total_size = 0
         self.truncated = False
-        self._chunks: list[bytes] = []
+        self._chunks: List[bytes] = []
         self._kept = 0
 
     def append(self, chunk: bytes) -> None:
@@ -124,7 +124,7 @@ MAX_GZIP_MEMBERS = 1000
 _ZEROS = re.compile(rb"\x00*")
 
 
-def _gunzip(data: bytes, limit: int) -> tuple[bytes, bool] | None:
+def _gunzip(data: bytes, limit: int) -> Optional[Tuple[bytes, bool]]:
     """Decompress gzip ``data``, at most ``limit`` bytes of output.
 
     Returns ``(output, complete)``, or None when nothing decompresses (not
@@ -138,7 +138,7 @@ def _gunzip(data: bytes, limit: int) -> tuple[bytes, bool] | None:
     end (``unused_data``, under 16 KB), which MAX_GZIP_MEMBERS bounds.
     """
     limit = max(1, limit)  # max_length=0 would mean "unlimited" to zlib
-    out: list[bytes] = []
+    out: List[bytes] = []
     produced = 0
     members = 0
     view = memoryview(data)
@@ -174,7 +174,7 @@ def _gunzip(data: bytes, limit: int) -> tuple[bytes, bool] | None:
             return b"".join(out)[:limit], False
 
 
-def _charset(content_type: str | None) -> str | None:
+def _charset(content_type: Optional[str]) -> Optional[str]:
     if not content_type or "charset" not in content_type.lower():
         return None
     for param in content_type.split(";")[1:]:
@@ -185,7 +185,7 @@ def _charset(content_type: str | None) -> str | None:
     return None
 
 
-def _as_json(data: bytes, content_type: str | None) -> tuple[bool, Any]:
+def _as_json(data: bytes, content_type: Optional[str]) -> Tuple[bool, Any]:
     """Parse ``data`` as JSON when it looks like JSON; ``(False, None)`` if not."""
     spaces = _LEADING_SPACE.match(data)
     index = spaces.end() if spaces else 0
@@ -211,13 +211,13 @@ def _b64(data: bytes) -> str:
 
 def encode_body(
     data: bytes,
-    content_type: str | None,
-    content_encoding: str | None,
+    content_type: Optional[str],
+    content_encoding: Optional[str],
     *,
     truncated: bool = False,
-    total_size: int | None = None,
+    total_size: Optional[int] = None,
     limit: int = MAX_BODY_BYTES,
-) -> tuple[Any, str | None]:
+) -> Tuple[Any, Optional[str]]:
     """Return ``(body, transfer_encoding)`` for one captured body.
 
     ``data`` is what was kept (at most ``limit`` bytes); ``truncated`` and

@@ -71,8 +71,10 @@ def request_uri(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:
     path = scope.get("root_path", "") + scope.get("path", "/")
     raw_path = scope.get("raw_path")
     if raw_path:
-        # raw_path keeps percent-encoding exactly as the client sent it.
-        path = raw_path.decode("latin-1")
+        # raw_path keeps percent-encoding exactly as the client sent it. It never
+        # holds the query by the ASGI spec, but Starlette 0.32's TestClient (FastAPI
+        # 0.108) puts it there; a '?' cannot be part of a path, so cut at the first.
+        path = raw_path.decode("latin-1").split("?", 1)[0]
         root = scope.get("root_path", "")
         if root and not path.startswith(root):
             path = root + path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from functools import lru_cache
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional, Tuple
 
 __all__ = ["client_ip"]
 
@@ -50,7 +50,7 @@ def _valid(candidate: str) -> bool:
     return True
 
 
-def _address(entry: str) -> str | None:
+def _address(entry: str) -> Optional[str]:
     """Return the IP in one list entry, dropping quotes, brackets and ports.
 
     Accepts ``1.2.3.4``, ``1.2.3.4:8080``, ``2001:db8::1``, ``[2001:db8::1]``
@@ -72,7 +72,7 @@ def _address(entry: str) -> str | None:
     return value if _valid(value) else None
 
 
-def _first_in_list(value: str) -> str | None:
+def _first_in_list(value: str) -> Optional[str]:
     # The left-most entry is the originating client; proxies append to the
     # right. Entries may be "unknown" (Squid), so take the first valid one.
     for entry in value.split(","):
@@ -82,7 +82,7 @@ def _first_in_list(value: str) -> str | None:
     return None
 
 
-def _first_in_forwarded(value: str) -> str | None:
+def _first_in_forwarded(value: str) -> Optional[str]:
     # RFC 7239: "for=192.0.2.60;proto=http, for=\"[2001:db8::17]:4711\"".
     # Some proxies put a bare address in it instead; accept that too.
     for element in value.split(","):
@@ -100,7 +100,7 @@ def _first_in_forwarded(value: str) -> str | None:
 
 
 # Every header to look at, in order of trust, with the parser for its format.
-_LOOKUPS: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+_LOOKUPS: Tuple[Tuple[str, Callable[[str], Optional[str]]], ...] = (
     (_FIRST, _address),
     (_LIST, _first_in_list),
     *((name, _address) for name in _SINGLE_AFTER_LIST),
@@ -108,7 +108,7 @@ _LOOKUPS: tuple[tuple[str, Callable[[str], str | None]], ...] = (
 )
 
 
-def client_ip(headers: Mapping[str, str], peer: str | None) -> str | None:
+def client_ip(headers: Mapping[str, str], peer: Optional[str]) -> Optional[str]:
     """Return the originating client's IP address, else ``peer``.
 
     ``headers`` must have lowercase names (repeated headers joined with

@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "DEFAULT_AUTHORIZATION_HEADER",
@@ -35,8 +35,8 @@ _MAX_TOKEN_CHARS = 16 * 1024
 
 
 def parse_authorization_header_names(
-    value: str | None = DEFAULT_AUTHORIZATION_HEADER,
-) -> tuple[str, ...]:
+    value: Optional[str] = DEFAULT_AUTHORIZATION_HEADER,
+) -> Tuple[str, ...]:
     """Split the ``AUTHORIZATION_HEADER_NAME`` setting into header names.
 
     ``"X-Api-Token, Authorization"`` gives ``("x-api-token", "authorization")``.
@@ -56,7 +56,7 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _claim(payload_b64: str, field: str) -> str | None:
+def _claim(payload_b64: str, field: str) -> Optional[str]:
     try:
         claims: Any = json.loads(_b64decode(payload_b64))
     except (ValueError, binascii.Error, RecursionError):
@@ -81,7 +81,7 @@ def _claim(payload_b64: str, field: str) -> str | None:
     return None  # objects and arrays are not identifiers
 
 
-def _basic_user(credentials: str) -> str | None:
+def _basic_user(credentials: str) -> Optional[str]:
     try:
         padded = credentials + "=" * (-len(credentials) % 4)
         decoded = base64.b64decode(padded, validate=True).decode("utf-8")
@@ -93,7 +93,7 @@ def _basic_user(credentials: str) -> str | None:
 
 def user_id_from_authorization(
     headers: Mapping[str, str], header_names: Sequence[str], field: str
-) -> str | None:
+) -> Optional[str]:
     """Return the user id carried by the first present authorization header.
 
     ``headers`` has lowercase names; ``header_names`` comes from

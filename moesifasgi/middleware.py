@@ -30,9 +30,9 @@ from .queue_writer import close_all, flush_all
 from .recording import CallbackSet, Identity, RecordingSequence
 from .settings import Settings, parse_settings
 from .sync_bridge import is_async_callable, run_without_loop, running_loop, spawn, wait_background
-from .delivery.embedded import ensure_started as ensure_flusher_started, stop_embedded
+from .delivery.launcher import ensure_started as ensure_flusher_started, stop_flusher
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 # How long lifespan shutdown waits for recordings still running in tasks of
 # their own (those of calls the server cancelled) before committing.
@@ -59,7 +59,8 @@ class MoesifMiddleware:
         self.app = app if app is not None else _no_app
         self.settings: Settings = parse_settings(settings)
         if self.settings.debug:
-            logger.setLevel(logging.DEBUG)
+            # The package's logger: every module logs through a child of it.
+            logging.getLogger("moesifasgi").setLevel(logging.DEBUG)
         self.pipeline = EventPipeline(self.settings)
         s = self.settings
         callbacks = CallbackSet("", s.skip, s.identify_user, s.identify_company, s.get_session_token, s.get_metadata)
@@ -151,13 +152,17 @@ class MoesifMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 message = exchange.on_response_start(message)
-            elif kind == "http.response.body" and exchange.on_response_body(message) and strict:
+            elif kind == "http.response.body" and exchange.on_response_body(message) and (
+                    strict or shutdown.requested()):
                 # The client gets the last chunk only once the event is committed.
-                await self._finish(exchange)
+                # So too once the process is stopping: some servers (granian) stop
+                # their event loop as soon as the last responses are out, before
+                # the app's task gets to return and be recorded.
+                await self._finish(exchange, strict=True)
             await send(message)
 
         app_send: Send = send_wrapper
-        rules = self.pipeline.writer.shared.governance
+        rules = self.pipeline.remote.governance
         if rules is not None:
             decision = None
             try:
@@ -219,7 +224,7 @@ class MoesifMiddleware:
                 # it to expire.
                 await self.wait_for_recordings(SHUTDOWN_RECORDING_WAIT)
                 await asyncio.get_running_loop().run_in_executor(None, close_all)
-                await stop_embedded()
+                await stop_flusher()
             await send(message)
 
         return lifespan_send

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 __all__ = [
@@ -28,7 +28,7 @@ _MAX_PART_HEADER_BYTES = 8 * 1024
 _MAX_BOUNDARY_CHARS = 200  # RFC 2046 allows 70; be lenient, but bounded
 
 
-def is_multipart(content_type: str | None) -> bool:
+def is_multipart(content_type: Optional[str]) -> bool:
     """True for a ``multipart/form-data`` content type."""
     if not content_type:
         return False
@@ -52,7 +52,7 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _disposition(header_block: bytes) -> tuple[str | None, str | None]:
+def _disposition(header_block: bytes) -> Tuple[Optional[str], Optional[str]]:
     """Return ``(field name, file name or None)`` from a part's headers."""
     for line in header_block.split(b"\r\n"):
         name, colon, value = line.partition(b":")
@@ -60,7 +60,7 @@ def _disposition(header_block: bytes) -> tuple[str | None, str | None]:
             continue
         # Browsers send raw UTF-8 in quoted names; replace what is not.
         text = ";" + value.decode("utf-8", "replace").partition(";")[2]
-        params: dict[str, str] = {}
+        params: Dict[str, str] = {}
         for key, raw in _PARAM.findall(text):
             params.setdefault(key.lower(), _unquote(raw))
         filename = params.get("filename")
@@ -101,14 +101,14 @@ class MultipartSummary:
         self._delimiter = b"\r\n--" + boundary
         self._carry = b""
         self._state = _PREAMBLE
-        self._fields: list[tuple[str, str]] = []
-        self._name: str | None = None
-        self._filename: str | None = None
-        self._value: list[bytes] = []
+        self._fields: List[Tuple[str, str]] = []
+        self._name: Optional[str] = None
+        self._filename: Optional[str] = None
+        self._value: List[bytes] = []
         self._value_size = 0
 
     @classmethod
-    def from_content_type(cls, content_type: str | None) -> MultipartSummary | None:
+    def from_content_type(cls, content_type: Optional[str]) -> Optional[MultipartSummary]:
         """Build from a Content-Type header; None unless it is multipart with a boundary."""
         if not is_multipart(content_type):
             return None
@@ -137,7 +137,7 @@ class MultipartSummary:
             self._state = _DONE
             self._carry = b""
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> Dict[str, Any]:
         """Return ``{field name: value, file name, or list of them}``. Never raises."""
         try:
             pairs = list(self._fields)
@@ -147,7 +147,7 @@ class MultipartSummary:
                 and len(pairs) < MAX_MULTIPART_FIELDS
             ):
                 pairs.append(self._pending())
-            summary: dict[str, Any] = {}
+            summary: Dict[str, Any] = {}
             for name, value in pairs:
                 if name not in summary:
                     summary[name] = value
@@ -162,7 +162,7 @@ class MultipartSummary:
 
     # -- internals ---------------------------------------------------------
 
-    def _pending(self) -> tuple[str, str]:
+    def _pending(self) -> Tuple[str, str]:
         if self._filename is not None:
             return self._name or "", self._filename
         return self._name or "", b"".join(self._value).decode("utf-8", "replace")

@@ -18,9 +18,11 @@ from .callbacks import CallbackTimeout
 from .diagnostics import problems
 from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
-from .queue_writer import QueueWriter, current_pid, writer_for
+from .per_process import current_pid
+from .queue_writer import QueueWriter, writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
+from .shared_state import SharedState
 
 # Moesif rejects events over 1 MB; keep a margin for the batch framing.
 MAX_EVENT_CHARS = 1_000_000 - 4_096
@@ -40,30 +42,38 @@ class EventPipeline:
     @property
     def writer(self) -> QueueWriter:
         # Looked up per process: after a fork the parent's writer is not ours.
+        writer = self._writer
         pid = current_pid()
+        if writer is not None and self._writer_pid == pid and not writer._stopping:
+            return writer  # read a few times per call: attribute tests only
         if self._writer is None or self._writer_pid != pid or self._writer.closed:
             self._writer = writer_for(self.settings.queue_path, self.settings.event_queue_size,
                                       self.settings.application_id)
             self._writer_pid = pid
         return self._writer
 
-    def sampling_rate(
+    @property
+    def remote(self) -> SharedState:
+        """Moesif's config and governance rules as last stored in the queue file.
+
+        This process's snapshot for the queue file (``shared_state.for_queue``); the
+        writer, started here if need be, is what keeps it fresh.
+        """
+        return self.writer.shared
+
+    def sample(
         self, *, verb: str, route: str, ip_address: Optional[str], status: Optional[int],
         user_id: Optional[str], company_id: Optional[str],
-    ) -> float:
+    ) -> Optional[int]:
+        """The event's weight under Moesif's sampling config, or None when it is sampled out."""
         sampling = self.writer.shared.sampling
         if sampling is None:
-            return 100.0
-        return sampling.rate(
+            return 1
+        rate = sampling.rate(
             verb=verb, route=route, ip_address=ip_address, status=status, user_id=user_id, company_id=company_id
         )
-
-    @staticmethod
-    def sampled_in(rate: float) -> bool:
-        return rate >= 100 or keep(rate, random.random())
-
-    @staticmethod
-    def weight(rate: float) -> int:
+        if rate < 100 and not keep(rate, random.random()):
+            return None
         return weight_for(rate)
 
     def drop(self, reason: str, message: str, *args: Any) -> None:
@@ -93,8 +103,7 @@ class EventPipeline:
         problems.report(reason_key, message, level=logging.ERROR, exc_info=True)
 
     async def persist(
-        self, event: Dict[str, Any], writer: Optional[QueueWriter] = None, *, strict: bool = False,
-        deadline: Optional[float] = None,
+        self, event: Dict[str, Any], *, strict: bool = False, deadline: Optional[float] = None,
     ) -> bool:
         """Mask, encode and queue `event`; True once it is queued (strict: committed).
 
@@ -102,10 +111,10 @@ class EventPipeline:
         lets the unmasked event out: a minimal event (no headers, no bodies, no
         metadata) is queued in its place and the failure counted.
         """
-        writer = writer or self.writer
         mask = self.settings.mask_event_model
         if mask is None and not strict:
-            return self.persist_now(event, writer)
+            return self.persist_now(event)
+        writer = self.writer
         # The declarative masks first, so MASK_EVENT_MODEL (and any failure report) sees the masked event.
         masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
         if masker is not None:
@@ -141,14 +150,14 @@ class EventPipeline:
             )
             return False
 
-    def persist_now(self, event: Dict[str, Any], writer: Optional[QueueWriter] = None) -> bool:
+    def persist_now(self, event: Dict[str, Any]) -> bool:
         """persist() without MASK_EVENT_MODEL and not strict: nothing to wait for, so
         no coroutine (the common case, once per call on the app's loop)."""
         masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
         if masker is not None:
             masker.apply(event)
         row = self._row(event)
-        return row is not None and (writer or self.writer).submit(row)
+        return row is not None and self.writer.submit(row)
 
     def _row(self, event: Dict[str, Any]) -> Optional[Tuple[str, float, str]]:
         text = self.encode(event)

@@ -21,15 +21,16 @@ import datetime
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import storage
 from .diagnostics import problems
+from .per_process import PerProcess
 from .event_builder import format_time
 from .settings import resolve_queue_path
+from .storage import intake
 from .storage.queue_file import QueueFile, is_busy
 
 __all__ = [
@@ -51,8 +52,7 @@ MAX_PENDING_PROFILES = 100_000
 SYNC_WAIT_SECONDS = 30.0
 _WRITE_ATTEMPTS = 3
 
-# (kind, profile_id, created_at, body)
-ProfileRow = Tuple[str, str, float, str]
+ProfileRow = intake.ProfileRow
 _ID_FIELD = {"user": "user_id", "company": "company_id"}
 _MODEL = {"user": "UserModel", "company": "CompanyModel"}
 
@@ -260,32 +260,18 @@ class _ProfileWriter:
         kind, invalid = rejected
         with storage.immediate(conn):
             if invalid:
-                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dropped'", (invalid,))
-                conn.execute(
-                    "INSERT INTO problem_counts (reason, count, last_at) VALUES (?, ?, ?) ON CONFLICT (reason) "
-                    "DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at",
-                    (f"profile-invalid:{kind}", invalid, time.time()))
-            pending = conn.execute("SELECT value FROM counters WHERE name = 'profiles_pending'").fetchone()[0]
-            kept = rows[:max(0, MAX_PENDING_PROFILES - pending)]
-            conn.executemany("INSERT INTO profiles (kind, profile_id, created_at, body) VALUES (?, ?, ?, ?)", kept)
-            dropped = len(rows) - len(kept)
-            if dropped:
-                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dropped'", (dropped,))
+                intake.add_counts(conn, invalid, {f"profile-invalid:{kind}": invalid}, counter="profiles_dropped")
+            kept = intake.insert_profiles(conn, rows, MAX_PENDING_PROFILES)
+        dropped = len(rows) - kept
         if dropped:
             problems.report("profiles-full", "moesifasgi: %d profile updates wait in %s; new ones are dropped "
                             "until the flusher catches up", MAX_PENDING_PROFILES, path)
-        return len(kept)
+        return kept
 
 
-_instance: Optional[_ProfileWriter] = None
-_instance_pid = 0
-_instance_lock = threading.Lock()
+_instance: PerProcess[_ProfileWriter] = PerProcess(_ProfileWriter)
 
 
 def _writer() -> _ProfileWriter:
     """This process's writer; a forked child never uses its parent's thread or connections."""
-    global _instance, _instance_pid
-    with _instance_lock:
-        if _instance is None or _instance_pid != os.getpid():
-            _instance, _instance_pid = _ProfileWriter(), os.getpid()
-        return _instance
+    return _instance.get()

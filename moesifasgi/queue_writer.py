@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -22,14 +21,14 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import shutdown, storage
 from .diagnostics import problems
-from .shared_state import SharedState
-from .storage import space
+from .per_process import PerProcess
+from . import shared_state
+from .storage import intake, space
 from .storage.queue_file import QueueFile, is_busy
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
-# (transaction_id, created_at, event_json)
-EventRow = Tuple[str, float, str]
+EventRow = intake.EventRow
 DoneCallback = Callable[[bool], None]
 
 COMMIT_INTERVAL = 0.01
@@ -46,35 +45,6 @@ _ITEM_OVERHEAD = 200
 # no event is being written (a broken mask drops every event: monitoring must
 # see it before the process dies).
 DROPS_INTERVAL = 1.0
-
-# A group is written with a few multi-row INSERTs of these sizes, largest first
-# (50 rows: 32 + 8 + 8 + 2), so sqlite3 keeps five prepared statements and
-# releases the GIL once per statement, not once per row: executemany's re-take
-# of the GIL for every row made the app's event loop hand it over each time, a
-# convoy that cost more than the writing. Bound parameters rather than one JSON
-# array unpacked by json_each: no escaping of each event's text into the array
-# and parsing it back three times per row, which nearly doubled the CPU per
-# row. 128 rows x 4 parameters stays under
-# SQLite's oldest limit of 999 parameters per statement.
-_CHUNKS = (128, 32, 8, 2, 1)
-_INSERT_SQL = {
-    size: "INSERT INTO events (transaction_id, created_at, body, app) VALUES " + ",".join(["(?,?,?,?)"] * size)
-    for size in _CHUNKS
-}
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: List[EventRow], app: Optional[int]) -> None:
-    """INSERT `rows` in order, tagged with `app`, in a few statements."""
-    start, total = 0, len(rows)
-    for size in _CHUNKS:
-        sql = _INSERT_SQL[size]
-        while total - start >= size:
-            params: List[object] = []
-            for transaction_id, created_at, body in rows[start:start + size]:
-                params += (transaction_id, created_at, body, app)
-            conn.execute(sql, params)
-            start += size
-
 
 class _Barrier:
     __slots__ = ("event",)
@@ -94,7 +64,7 @@ class QueueWriter:
         self.commit_interval = commit_interval
         self.application_id = application_id
         self.max_buffered_bytes = max_buffered_bytes
-        self.shared = SharedState()
+        self.shared = shared_state.for_queue(path)  # refreshed by this writer's thread
         self.committed = 0
         self.commits = 0
         self.dropped = 0  # every drop this process saw, for tests and debug logging
@@ -257,7 +227,7 @@ class QueueWriter:
     def _insert(self, rows: List[EventRow]) -> int:
         conn = self._connection()
         with storage.immediate(conn):
-            pending = conn.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()[0]
+            pending = intake.pending_events(conn)
             room = max(0, self.capacity - pending)
             kept = rows[:room]
             low_space = 0
@@ -270,7 +240,7 @@ class QueueWriter:
                 )
             if kept:
                 if space.room_for(conn, self.path, sum(len(row[2]) for row in kept)):
-                    _insert_rows(conn, kept, self._app)
+                    intake.insert_events(conn, kept, self._app)
                 else:
                     problems.report(
                         "disk-low",
@@ -289,7 +259,7 @@ class QueueWriter:
                 counts["drop:queue-full"] = counts.get("drop:queue-full", 0) + refused - low_space
             if low_space:
                 counts["drop:disk-low"] = counts.get("drop:disk-low", 0) + low_space
-            _write_counts(conn, earlier + refused, counts)
+            intake.add_counts(conn, earlier + refused, counts)
         # Only now that COMMIT succeeded: a failed one must leave the earlier counts
         # to be written again (and _fail counts this group's rows).
         with self._drops_lock:
@@ -307,7 +277,7 @@ class QueueWriter:
         try:
             conn = self._connection()
             with storage.immediate(conn):
-                _write_counts(conn, drops, problems_seen)
+                intake.add_counts(conn, drops, problems_seen)
         except Exception as exc:  # counted again at the next attempt
             self._file.recover(exc)
             return
@@ -329,7 +299,7 @@ class QueueWriter:
     def _connection(self) -> sqlite3.Connection:
         conn = self._file.connection()
         if self._app_opened != self._file.opened:
-            self._app = app_number(conn, self.application_id)
+            self._app = intake.app_number(conn, self.application_id)
             self._app_opened = self._file.opened
         return conn
 
@@ -340,33 +310,6 @@ class QueueWriter:
             self.shared.refresh(self._connection())
         except Exception as exc:
             problems.report("shared-state", "moesifasgi: cannot read Moesif config from the queue file: %s", exc)
-
-
-def app_number(conn: sqlite3.Connection, application_id: Optional[str]) -> Optional[int]:
-    """apps.id of `application_id` in this file, added on first use (None: no app given)."""
-    if not application_id:
-        return None
-    row = conn.execute("SELECT id FROM apps WHERE application_id = ?", (application_id,)).fetchone()
-    if row is None:
-        with storage.immediate(conn):
-            conn.execute("INSERT OR IGNORE INTO apps (application_id) VALUES (?)", (application_id,))
-        row = conn.execute("SELECT id FROM apps WHERE application_id = ?", (application_id,)).fetchone()
-    return int(row[0])
-
-
-_COUNT_PROBLEM = (
-    "INSERT INTO problem_counts (reason, count, last_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at"
-)
-
-
-def _write_counts(conn: sqlite3.Connection, drops: int, per_reason: Dict[str, int]) -> None:
-    """Add to the durable counters, inside the caller's transaction."""
-    if drops:
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (drops,))
-    if per_reason:
-        now = time.time()
-        conn.executemany(_COUNT_PROBLEM, [(reason, count, now) for reason, count in per_reason.items()])
 
 
 def _subtract(counts: Dict[str, int], written: Dict[str, int]) -> None:
@@ -381,24 +324,7 @@ def _subtract(counts: Dict[str, int], written: Dict[str, int]) -> None:
 
 # -- one writer per queue file per process ---------------------------------------------
 
-_pid = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def current_pid() -> int:
-    """os.getpid() without a system call per request; kept right across fork."""
-    return _pid
-
-
-_writers: Dict[Tuple[str, Optional[str]], QueueWriter] = {}
-_writers_pid = os.getpid()
+_writers: PerProcess[Dict[Tuple[str, Optional[str]], QueueWriter]] = PerProcess(dict)
 _writers_lock = threading.Lock()
 
 
@@ -408,35 +334,34 @@ def writer_for(path: str, capacity: int, application_id: Optional[str] = None) -
     Objects inherited through fork (gunicorn --preload) are never used: a thread
     or SQLite connection does not survive a fork, so a child starts afresh.
     """
-    global _writers_pid
     key = (path, application_id)
-    writer = _writers.get(key)
-    if writer is not None and _writers_pid == os.getpid():
+    writers = _writers.get()
+    writer = writers.get(key)
+    if writer is not None:
         return writer
     with _writers_lock:
-        if _writers_pid != os.getpid():
-            _writers.clear()
-            _writers_pid = os.getpid()
-        writer = _writers.get(key)
+        writer = writers.get(key)
         if writer is None:
-            writer = _writers[key] = QueueWriter(path, capacity, application_id=application_id)
+            writer = writers[key] = QueueWriter(path, capacity, application_id=application_id)
             _install_exit_hooks()
         return writer
 
 
 def close_all(timeout: float = 5.0) -> None:
     """Commit and close every writer of this process (lifespan shutdown, exit, SIGTERM)."""
-    if _writers_pid != os.getpid():
+    writers = _writers.peek()
+    if writers is None:
         return
-    for writer in list(_writers.values()):
+    for writer in list(writers.values()):
         writer.close(timeout)
-    _writers.clear()
+    writers.clear()
 
 
 def flush_all(timeout: float = 5.0) -> bool:
-    if _writers_pid != os.getpid():
+    writers = _writers.peek()
+    if writers is None:
         return True
-    return all([writer.flush(timeout) for writer in list(_writers.values())])
+    return all([writer.flush(timeout) for writer in list(writers.values())])
 
 
 def _install_exit_hooks() -> None:

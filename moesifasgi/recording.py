@@ -22,7 +22,7 @@ from .sync_bridge import is_async_callable
 
 __all__ = ["CallbackSet", "Identity", "RecordingSequence"]
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 _MISSING = object()
 # What callbacks usually return: never awaitable, so inspect.isawaitable (an ABC
@@ -130,15 +130,12 @@ class RecordingSequence:
         user_id = None if user_id is None else str(user_id)
         company_id = None if company_id is None else str(company_id)
 
-        rate = 100.0
-        pipeline = self.pipeline
-        if pipeline.writer.shared.sampling is not None:
-            rate = pipeline.sampling_rate(
-                verb=verb, route=route_of(uri), ip_address=ip_address, status=status,
-                user_id=user_id, company_id=company_id,
-            )
-            if not pipeline.sampled_in(rate):
-                return None
+        weight = self.pipeline.sample(
+            verb=verb, route=route_of(uri), ip_address=ip_address, status=status,
+            user_id=user_id, company_id=company_id,
+        )
+        if weight is None:
+            return None  # sampled out
 
         if c.get_session_token is not None:
             value = self._call(names[3], c.get_session_token, request, response)
@@ -150,7 +147,7 @@ class RecordingSequence:
             if type(value) not in _PLAIN and isawaitable(value):
                 value = await self._settle(names[4], value, deadline)
             metadata = None if value is _MISSING else value
-        return Identity(user_id, company_id, session_token, metadata, pipeline.weight(rate))
+        return Identity(user_id, company_id, session_token, metadata, weight)
 
     async def record(
         self, arguments: Callable[[], Tuple[Any, Any]], build: Callable[[Identity], Dict[str, Any]], *,

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Pattern
+from typing import Any, Dict, Mapping, Optional, Pattern, Tuple
 
 from .conditions import BadCondition, compile_condition
+from .diagnostics import ProblemLog
 
 __all__ = ["SamplingConfig", "keep", "weight_for"]
 
@@ -38,21 +39,16 @@ DEFAULT_RATE = 100.0
 
 _PATHS = ("request.verb", "request.route", "request.ip_address", "response.status")
 
-# Problems already reported: the config is refetched every few minutes and a
+# Each problem once per process: the config is refetched every few minutes and a
 # broken entry should not warn each time. Bounded so it cannot grow forever.
-_warned: set[str] = set()
-_MAX_WARNED = 256
+_warned = ProblemLog(logger, interval=None, max_keys=256)
 
 
 def _warn(problem: str) -> None:
-    if problem in _warned:
-        return
-    if len(_warned) < _MAX_WARNED:
-        _warned.add(problem)
-    logger.warning("ignoring part of the Moesif sampling config: %s", problem)
+    _warned.report(problem, "ignoring part of the Moesif sampling config: %s", problem)
 
 
-def _rate(value: Any, where: str) -> float | None:
+def _rate(value: Any, where: str) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _warn(f"{where}: sample rate {value!r} is not a number")
         return None
@@ -66,13 +62,13 @@ def _rate(value: Any, where: str) -> float | None:
     return rate
 
 
-def _rate_table(value: Any, where: str) -> dict[str, float]:
+def _rate_table(value: Any, where: str) -> Dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         _warn(f"{where} is not an object")
         return {}
-    table: dict[str, float] = {}
+    table: Dict[str, float] = {}
     for key, raw in value.items():
         rate = _rate(raw, f"{where}[{key!r}]")
         if rate is not None:
@@ -80,7 +76,7 @@ def _rate_table(value: Any, where: str) -> dict[str, float]:
     return table
 
 
-def _rule(entry: Any, where: str) -> tuple[tuple[tuple[str, Pattern[str]], ...], float] | None:
+def _rule(entry: Any, where: str) -> Optional[Tuple[Tuple[Tuple[str, Pattern[str]], ...], float]]:
     if not isinstance(entry, Mapping):
         _warn(f"{where} is not an object")
         return None
@@ -92,7 +88,7 @@ def _rule(entry: Any, where: str) -> tuple[tuple[tuple[str, Pattern[str]], ...],
         _warn(f"{where}: conditions is not a list")
         return None
     # Like the original, a repeated path keeps its last value.
-    by_path: dict[str, Pattern[str]] = {}
+    by_path: Dict[str, Pattern[str]] = {}
     for index, condition in enumerate(conditions):
         try:
             path, pattern = compile_condition(condition)
@@ -113,9 +109,9 @@ class SamplingConfig:
     def __init__(
         self,
         default_rate: float = DEFAULT_RATE,
-        user_rates: Mapping[str, float] | None = None,
-        company_rates: Mapping[str, float] | None = None,
-        rules: tuple[tuple[tuple[tuple[str, Pattern[str]], ...], float], ...] = (),
+        user_rates: Optional[Mapping[str, float]] = None,
+        company_rates: Optional[Mapping[str, float]] = None,
+        rules: Tuple[Tuple[Tuple[Tuple[str, Pattern[str]], ...], float], ...] = (),
     ) -> None:
         self.default_rate = default_rate
         self.user_rates = dict(user_rates or {})
@@ -123,7 +119,7 @@ class SamplingConfig:
         self.rules = rules
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any] | None) -> SamplingConfig:
+    def from_dict(cls, config: Optional[Mapping[str, Any]]) -> SamplingConfig:
         """Build from the ``/v1/config`` body; never raises."""
         if config is None:
             return cls()
@@ -157,10 +153,10 @@ class SamplingConfig:
         *,
         verb: str,
         route: str,
-        ip_address: str | None,
-        status: int | None,
-        user_id: str | None,
-        company_id: str | None,
+        ip_address: Optional[str],
+        status: Optional[int],
+        user_id: Optional[str],
+        company_id: Optional[str],
     ) -> float:
         """Return the sample rate (0 to 100) that applies to one event."""
         if self.rules:

@@ -8,15 +8,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, ItemsView, Iterator, KeysView, Mapping, Optional, Tuple, ValuesView
+from typing import (Any, Callable, Dict, ItemsView, Iterator, KeysView, Literal, Mapping, Optional, Tuple,
+                    ValuesView, cast)
 
 from .bodies import MAX_BODY_BYTES
 from .identity import parse_authorization_header_names
 from .queue_location import default_queue_path, resolve_queue_path  # noqa: F401  (re-exported)
 
 DEFAULT_BASE_URI = "https://api.moesif.net"
-DURABILITY_MODES = ("batched", "strict")
-FLUSHER_MODES = ("embedded", "in-process", "external")
+Durability = Literal["batched", "strict"]
+FlusherMode = Literal["helper", "in-process", "external"]
+DURABILITY_MODES: Tuple[Durability, ...] = ("batched", "strict")
+FLUSHER_MODES: Tuple[FlusherMode, ...] = ("helper", "in-process", "external")
+# The name "helper" had before: it read as "inside the worker", the one mode it is not.
+_FLUSHER_ALIASES = {"embedded": "helper"}
 # Seconds all the callbacks of one call may take together (MASK_EVENT_MODEL
 # included). A user lookup takes milliseconds; past this something is stuck,
 # and in strict mode the client's response is waiting for it.
@@ -26,7 +31,7 @@ DEFAULT_FLUSH_CONCURRENCY = 4
 
 Callback = Callable[..., Any]
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 _CALLBACK_KEYS = (
     "SKIP",
@@ -57,8 +62,8 @@ class Settings:
     api_version: Optional[str] = None
     disabled_transaction_id: bool = False
     queue_path: str = ""
-    durability: str = "batched"
-    flusher: str = "embedded"
+    durability: Durability = "batched"
+    flusher: FlusherMode = "helper"
     max_body_bytes: int = MAX_BODY_BYTES
     flush_concurrency: int = 4
     capture_outgoing_requests: bool = False
@@ -172,6 +177,10 @@ def _names(settings: Mapping[str, Any], key: str) -> Tuple[str, ...]:
     return tuple(sorted({v.strip().lower() for v in value if v.strip()}))
 
 
+def _flusher_alias(value: Any) -> Any:
+    return _FLUSHER_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
 def _choice(settings: Mapping[str, Any], key: str, choices: Tuple[str, ...]) -> str:
     value = settings.get(key) or choices[0]
     if value not in choices:
@@ -249,9 +258,10 @@ def parse_settings(settings: Any) -> Settings:
         api_version=None if api_version is None else str(api_version),
         disabled_transaction_id=bool(settings.get("DISABLED_TRANSACTION_ID", False)),
         queue_path=resolve_queue_path(settings.get("QUEUE_PATH"), application_id),
-        durability=_choice(settings, "DURABILITY", DURABILITY_MODES),
-        flusher=_choice({"FLUSHER": settings.get("FLUSHER") or os.environ.get("MOESIF_FLUSHER") or "embedded"},
-                        "FLUSHER", FLUSHER_MODES),
+        durability=cast(Durability, _choice(settings, "DURABILITY", DURABILITY_MODES)),
+        flusher=cast(FlusherMode, _choice(
+            {"FLUSHER": _flusher_alias(settings.get("FLUSHER") or os.environ.get("MOESIF_FLUSHER") or "helper")},
+            "FLUSHER", FLUSHER_MODES)),
         max_body_bytes=_positive_int(settings, "MAX_BODY_BYTES", MAX_BODY_BYTES),
         flush_concurrency=_flush_concurrency(settings),
         capture_outgoing_requests=bool(settings.get("CAPTURE_OUTGOING_REQUESTS", False)),

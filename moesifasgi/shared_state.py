@@ -1,8 +1,11 @@
 """Moesif's server-side configuration as this process last read it from the queue file.
 
 The flusher's leader fetches `/v1/config` (and `/v1/rules`) and stores them in the
-`kv` table; every worker's writer thread re-reads them every few seconds and swaps
-in new immutable snapshots. The request path only reads attributes: no I/O, no lock.
+`kv` table. There is one :class:`SharedState` per queue file per process
+(:func:`for_queue`), read by those who use it (the middleware's governance check and
+sampling, through the event pipeline); the writer thread of that file, which holds
+the connection, re-reads the table every few seconds and swaps in new immutable
+snapshots. The request path only reads attributes: no I/O, no lock.
 """
 from __future__ import annotations
 
@@ -10,13 +13,14 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from .governance import GovernanceRules
+from .per_process import PerProcess
 from .sampling import SamplingConfig
 from .storage.queue_store import kv_get_many
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "config"
 RULES_KEY = "rules"
@@ -60,3 +64,15 @@ class SharedState:
         if changed:
             # Cohorts and variable values live in the config, so either change rebuilds.
             self.governance = GovernanceRules.from_stored(self.rules, self.config)
+
+
+_by_queue: PerProcess[Dict[str, SharedState]] = PerProcess(dict)
+
+
+def for_queue(path: str) -> SharedState:
+    """This process's snapshot of the config stored in the queue file at ``path``."""
+    states = _by_queue.get()
+    state = states.get(path)
+    if state is None:
+        state = states.setdefault(path, SharedState())
+    return state

@@ -22,9 +22,11 @@ So, besides `atexit` and a multiprocessing finalizer:
   SIGINT handlers found are wrapped, whatever they are (the server's own, or
   the default, which then commits and dies). A handler that ignores the
   signal is left alone.
-- Once the signal came (`requested()`), each call still in flight, after the
-  app returned, waits until what the process holds is committed, and only then
-  returns to the server: every server that drains gracefully waits for its
+- Once the signal came (`requested()`), a call in flight sends its last chunk
+  only once its event is committed (granian stops its event loop as soon as the
+  last responses are out, before the app's task returns), and, after the app
+  returned, waits until what the process holds is committed before it returns
+  to the server: every server that drains gracefully waits for its
   calls, so the last group is committed before the process exits, while the
   event loop keeps serving the other calls.
 - When no call is in flight, nothing else will: the handler itself waits for

@@ -18,7 +18,7 @@ _MOVED = {
     "backoff": "moesifasgi.delivery.backoff",
     "client": "moesifasgi.delivery.client",
     "delivery": "moesifasgi.delivery.posting",
-    "embedded": "moesifasgi.delivery.embedded",
+    "embedded": "moesifasgi.delivery.launcher",
     "flusher": "moesifasgi.delivery.flusher",
     "helper": "moesifasgi.delivery.helper",
     "helper_supervisor": "moesifasgi.delivery.helper_supervisor",
@@ -27,6 +27,7 @@ _MOVED = {
     "pump": "moesifasgi.delivery.pump",
     "queue_store": "moesifasgi.storage.queue_store",
     "remote_config": "moesifasgi.delivery.remote_config",
+    "local_collector": "moesifasgi.testing.local_collector",
 }
 
 

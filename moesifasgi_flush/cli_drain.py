@@ -17,6 +17,7 @@ import click
 from moesifasgi import storage
 from moesifasgi.delivery.flusher import DrainStats, Flusher, FlusherOptions
 from moesifasgi.delivery.lease import LEASE_SECONDS, RENEW_INTERVAL
+from moesifasgi.delivery.outcomes import StopReason
 from moesifasgi.delivery.pump import BATCH_WAIT
 from moesifasgi.storage import queue_store as qs
 
@@ -252,7 +253,7 @@ def drain(ctx: CliContext, max_seconds: Optional[float], give_up_after: float, p
             f"{stats.remaining} events left in the queue")
     if stats.remaining and stats.error:
         why = _REASONS.get(stats.error, stats.error)
-        if stats.error != "deadline" and flusher.delivery.last_failure:
+        if stats.error != StopReason.DEADLINE and flusher.delivery.last_failure:
             why += f" (last error: {flusher.delivery.last_failure})"
         raise click.ClickException(f"{stats.remaining} events left: {why}")
 
@@ -305,5 +306,5 @@ class _DrainRun:
                 last_good = time.monotonic()
             elif time.monotonic() - last_good >= self.give_up_after:
                 self.gave_up = True
-                self.flusher.interrupt_drain("unreachable")
+                self.flusher.interrupt_drain(StopReason.UNREACHABLE)
                 return

@@ -20,7 +20,7 @@ from moesifasgi.storage import queue_store as qs
 
 from .cli import CliContext, cli, command, pass_ctx
 from .cli_format import age, ago, size, status_lines, watch_line
-from .status import newest_dead_letters, queue_status
+from .status import queue_status
 
 
 def _read_status(ctx: CliContext) -> Dict[str, Any]:
@@ -134,7 +134,7 @@ def check(ctx: CliContext, max_age: float, require_leader: bool, dead_letter_win
         _unhealthy(f"queue file unusable: {exc.message}")
     try:
         info = queue_status(conn, ctx.queue_path())
-        recent, reason = newest_dead_letters(conn, time.time() - dead_letter_window) if dead_letter_window else (0, None)
+        recent, reason = qs.newest_dead_letters(conn, time.time() - dead_letter_window) if dead_letter_window else (0, None)
     finally:
         conn.close()
     oldest = info["oldest_pending_age_s"]

@@ -81,10 +81,3 @@ def _application_ids(conn: sqlite3.Connection) -> List[str]:
     except sqlite3.OperationalError:  # an older schema, opened read-only
         return []
 
-
-def newest_dead_letters(conn: sqlite3.Connection, since: float) -> tuple:
-    """(dead letters that failed at or after `since`, the newest one's reason or None)."""
-    count, = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE failed_at >= ?", (since,)).fetchone()
-    row = conn.execute("SELECT reason FROM dead_letters WHERE failed_at >= ? ORDER BY id DESC LIMIT 1",
-                       (since,)).fetchone()
-    return int(count), None if row is None else row[0]

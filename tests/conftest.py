@@ -9,12 +9,15 @@ import pytest
 
 from moesifasgi import queue_writer, storage
 from moesifasgi.diagnostics import problems
+from tests._compat import accept_content_on_old_testclients
 
 
 # Tests that do not test the flusher keep their apps write-only, and nothing may
 # ever try to reach the real Moesif: the default collector is a dead loopback port.
 os.environ.setdefault("MOESIF_FLUSHER", "external")
 os.environ.setdefault("MOESIF_BASE_URI", "http://127.0.0.1:9")
+
+accept_content_on_old_testclients()
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def path(tmp_path) -> str:
 @pytest.fixture
 def collector():
     """A loopback Moesif stand-in that expects the tests' application id."""
-    from moesifasgi_flush.local_collector import LocalCollector
+    from moesifasgi.testing.local_collector import LocalCollector
     from tests.flush_support import APP_ID
 
     with LocalCollector(application_id=APP_ID) as running:

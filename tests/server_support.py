@@ -110,12 +110,14 @@ def responds(port: int, calls: List[Call]) -> bool:
 
 
 def recorded_ids(path: str) -> List[str]:
+    """The transaction ids committed to the queue at `path` so far (read-only: a
+    file the server has not created yet is not created here)."""
     if not os.path.exists(path):
         return []
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return [tid for (tid,) in conn.execute("SELECT transaction_id FROM events")]
+    except sqlite3.OperationalError:  # the server is still creating its tables
+        return []
     finally:
         conn.close()
-
-

@@ -7,12 +7,12 @@ import time
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from moesifasgi import storage
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.cli import cli
 from moesifasgi_flush.lease import Lease
+from tests._compat import cli_runner
 from tests.flush_support import APP_ID, cli_process, insert_events, query, wait_until
 
 STATUS_KEYS = {"pending", "in_flight", "dead_letters", "dropped", "oldest_pending_age_s", "leader",
@@ -23,7 +23,7 @@ STATUS_KEYS = {"pending", "in_flight", "dead_letters", "dropped", "oldest_pendin
 def runner(monkeypatch):
     for name in ("MOESIF_QUEUE_PATH", "MOESIF_APPLICATION_ID", "MOESIF_BASE_URI"):
         monkeypatch.delenv(name, raising=False)
-    return CliRunner()
+    return cli_runner()
 
 
 def invoke(runner, *args, **kwargs):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from moesifasgi import storage
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.cli import cli
+from tests._compat import cli_runner
 from tests.flush_support import insert_events, query
 
 
@@ -17,7 +17,7 @@ from tests.flush_support import insert_events, query
 def runner(monkeypatch):
     for name in ("MOESIF_QUEUE_PATH", "MOESIF_APPLICATION_ID", "MOESIF_BASE_URI"):
         monkeypatch.delenv(name, raising=False)
-    return CliRunner()
+    return cli_runner()
 
 
 @pytest.fixture

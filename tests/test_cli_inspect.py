@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
 from moesifasgi import storage
 from moesifasgi._version import __version__
@@ -18,6 +17,7 @@ from moesifasgi.queue_location import default_queue_path
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.cli import cli
 from moesifasgi_flush.lease import Lease
+from tests._compat import cli_runner
 from tests.flush_support import APP_ID, insert_events
 
 
@@ -25,7 +25,7 @@ from tests.flush_support import APP_ID, insert_events
 def runner(monkeypatch):
     for name in ("MOESIF_QUEUE_PATH", "MOESIF_APPLICATION_ID", "MOESIF_BASE_URI", "MOESIF_LOG_FORMAT"):
         monkeypatch.delenv(name, raising=False)
-    return CliRunner()
+    return cli_runner()
 
 
 def invoke(runner, *args, **kwargs):

@@ -54,7 +54,7 @@ def governed_client(queue_path: str, calls: list, identified: list) -> TestClien
         "BASE_URI": "http://127.0.0.1:9", "IDENTIFY_USER": identify_user})
     client = TestClient(app)
     client.get("/warm-up")  # starts this process's writer, which loads the stored rules
-    writer = queue_writer.writer_for(queue_path, 1_000_000)
+    writer = queue_writer.writer_for(queue_path, 1_000_000, "app-id")  # the middleware's own writer
     deadline = time.monotonic() + PATIENCE
     while writer.shared.governance is None and time.monotonic() < deadline:
         writer._wakeup.set()

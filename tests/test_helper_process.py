@@ -1,4 +1,4 @@
-"""FLUSHER="embedded": the workers keep one helper process draining the queue.
+"""FLUSHER="helper" (the default): the workers keep one helper process draining the queue.
 
 Real processes throughout: the helper is `python -m moesifasgi.delivery.helper`,
 workers are multiprocessing children, the collector listens on loopback.
@@ -13,7 +13,7 @@ import sys
 import time
 
 from moesifasgi.settings import parse_settings
-from moesifasgi_flush import embedded
+from moesifasgi.delivery import launcher
 from moesifasgi_flush.helper_supervisor import HelperOptions
 from tests.flush_support import APP_ID, eventually, insert_events, query, wait_until
 
@@ -22,7 +22,7 @@ QUICK = HelperOptions(check_interval=0.2, lease_seconds=2.0, stop_timeout=3.0)
 
 def settings_for(path, base_uri, **extra):
     return parse_settings({"APPLICATION_ID": APP_ID, "QUEUE_PATH": path, "BASE_URI": base_uri,
-                           "FLUSHER": "embedded", "EVENT_BATCH_TIMEOUT": 0.05, **extra})
+                           "FLUSHER": "helper", "EVENT_BATCH_TIMEOUT": 0.05, **extra})
 
 
 def lease_pid(path):
@@ -46,23 +46,23 @@ def alive(pid):
 async def test_one_helper_process_drains_for_the_worker_and_stops_with_it(tmp_path, collector):
     path = str(tmp_path / "q.sqlite")
     tids = insert_events(path, 250)
-    embedded.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
-    supervisor = embedded.running_helpers()[path]
+    launcher.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
+    supervisor = launcher.running_helpers()[path]
     assert await eventually(lambda: collector.distinct_transaction_ids() == set(tids))
     child = supervisor.child
     assert child is not None and lease_pid(path) == child.pid != os.getpid()
-    assert embedded.running_flushers() == {}  # nothing drains on the worker's own loop
+    assert launcher.running_flushers() == {}  # nothing drains on the worker's own loop
     assert collector.duplicates() == 0
     assert await eventually(lambda: query(path, "SELECT value FROM counters WHERE name='sent'") == [(250,)])
-    await embedded.stop_embedded()
+    await launcher.stop_flusher()
     assert child.poll() == 0
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
 
 
 async def test_a_crashed_helper_is_replaced_once_its_lease_expires(tmp_path, collector):
     path = str(tmp_path / "q.sqlite")
-    embedded.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
-    supervisor = embedded.running_helpers()[path]
+    launcher.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
+    supervisor = launcher.running_helpers()[path]
     assert await eventually(lambda: lease_pid(path) is not None)
     first = lease_pid(path)
     os.kill(first, signal.SIGKILL)
@@ -70,26 +70,26 @@ async def test_a_crashed_helper_is_replaced_once_its_lease_expires(tmp_path, col
     assert await eventually(lambda: lease_pid(path) not in (None, first))
     assert await eventually(lambda: collector.distinct_transaction_ids() == set(tids))
     assert supervisor.helpers_started == 2
-    await embedded.stop_embedded()
+    await launcher.stop_flusher()
 
 
 async def test_without_a_usable_python_the_worker_drains_itself(tmp_path, collector, monkeypatch, caplog):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     path = str(tmp_path / "q.sqlite")
     tids = insert_events(path, 20)
-    embedded.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
+    launcher.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
     assert await eventually(lambda: collector.distinct_transaction_ids() == set(tids))
     assert lease_pid(path) == os.getpid()
-    assert path in embedded.running_flushers()
+    assert path in launcher.running_flushers()
     assert any("cannot start the flusher helper" in r.getMessage() for r in caplog.records)
-    await embedded.stop_embedded()
+    await launcher.stop_flusher()
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
 
 
 def _worker(path, base_uri, delivered, results, all_reported):
     async def main():
-        embedded.ensure_started(settings_for(path, base_uri), helper_options=QUICK)
-        supervisor = embedded.running_helpers()[path]
+        launcher.ensure_started(settings_for(path, base_uri), helper_options=QUICK)
+        supervisor = launcher.running_helpers()[path]
         # Every event has arrived, and then a second more of supervisor checks
         # (every 0.2 s), each a chance to start a second helper by mistake.
         await asyncio.to_thread(delivered.wait, 120)
@@ -98,7 +98,7 @@ def _worker(path, base_uri, delivered, results, all_reported):
         # Nobody stops before everyone has counted: when the worker that started
         # the helper stops, another one rightly starts a new helper.
         await asyncio.to_thread(all_reported.wait, 120)
-        await embedded.stop_embedded()
+        await launcher.stop_flusher()
 
     asyncio.run(main())
 
@@ -127,8 +127,8 @@ def test_of_several_workers_exactly_one_starts_a_helper_and_every_event_arrives_
 
 def _worker_reporting_helper(path, base_uri, results):
     async def main():
-        embedded.ensure_started(settings_for(path, base_uri), helper_options=QUICK)
-        supervisor = embedded.running_helpers()[path]
+        launcher.ensure_started(settings_for(path, base_uri), helper_options=QUICK)
+        supervisor = launcher.running_helpers()[path]
         while supervisor.child is None:
             await asyncio.sleep(0.05)
         results.put(supervisor.child.pid)
@@ -160,10 +160,10 @@ async def test_without_flock_the_worker_drains_itself(tmp_path, collector, monke
     monkeypatch.setattr(helper_supervisor, "fcntl", None)  # as on Windows
     path = str(tmp_path / "q.sqlite")
     tids = insert_events(path, 15)
-    embedded.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
+    launcher.ensure_started(settings_for(path, collector.url), helper_options=QUICK)
     assert await eventually(lambda: collector.distinct_transaction_ids() == set(tids))
-    assert lease_pid(path) == os.getpid() and embedded.running_helpers()[path].child is None
-    await embedded.stop_embedded()
+    assert lease_pid(path) == os.getpid() and launcher.running_helpers()[path].child is None
+    await launcher.stop_flusher()
     assert query(path, "SELECT COUNT(*) FROM leases") == [(0,)]
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from moesifasgi_flush.client import AUTH, OK, REJECT, RETRY, MoesifClient
-from moesifasgi_flush.local_collector import DEFAULT_CONFIG, LocalCollector
+from moesifasgi.testing.local_collector import DEFAULT_CONFIG, LocalCollector
 
 APP_ID = "test-app-id"
 
@@ -296,7 +296,7 @@ async def test_module_mode_prints_its_url_records_to_a_file_and_exits_0_on_sigte
     record = tmp_path / "events.jsonl"
     record.write_text('{"transaction_id": "from-an-earlier-run"}\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moesifasgi_flush.local_collector", "--port", "0",
+        [sys.executable, "-m", "moesifasgi.testing.local_collector", "--port", "0",
          "--record", str(record)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -47,7 +47,7 @@ def test_only_a_missing_application_id_stops_the_app(settings):
         ({"BATCH_SIZE": "many"}, "batch_size", 100),
         ({"EVENT_BATCH_TIMEOUT": -1}, "event_batch_timeout", 1.0),
         ({"EVENT_BATCH_TIMEOUT": "1"}, "event_batch_timeout", 1.0),
-        ({"FLUSHER": "thread"}, "flusher", "embedded"),
+        ({"FLUSHER": "thread"}, "flusher", "helper"),
         ({"MAX_BODY_BYTES": -5}, "max_body_bytes", 256 * 1024),
         ({"CALLBACK_TIMEOUT": 0}, "callback_timeout", 2.0),
         ({"SKIP": "not callable"}, "skip", None),

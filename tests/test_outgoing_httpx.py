@@ -15,8 +15,9 @@ import requests
 
 from moesifasgi import outgoing
 from moesifasgi_flush.client import MoesifClient
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 
+from ._compat import close_client_with_a_stream_let_go
 from .conftest import read_counter, read_events, read_problems
 from .outgoing_support import capture, refused_url, target  # noqa: F401  (fixtures)
 
@@ -175,7 +176,7 @@ def test_a_streamed_response_the_caller_lets_go_is_recorded_when_collected(captu
     gc.collect()
     [event] = read_events(queue_path)
     assert event["metadata"] == {"k": 1} and seen == [(httpx.Response, 200)]
-    client.close()
+    close_client_with_a_stream_let_go(client)
 
 
 async def test_every_redirect_hop_is_one_event(capture, target, queue_path):

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from moesifasgi import MoesifMiddleware, queue_writer
 from moesifasgi.field_masks import MASK_MARKER
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 
 from .flush_support import APP_ID, cli_process
 from .outgoing_support import capture, target  # noqa: F401  (fixtures)

@@ -17,7 +17,7 @@ from moesifapi.models import CompanyModel, UserModel
 from moesifasgi import profiles, storage
 from moesifasgi_flush.async_db import AsyncDB
 from moesifasgi_flush.client import MoesifClient
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 from moesifasgi_flush.profile_delivery import (
     deliver_profiles, profile_counts, requeue_profile_dead_letters, run_profile_delivery)
 from tests.flush_support import PATIENCE

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from moesifasgi import storage
-from moesifasgi.queue_writer import QueueWriter, _insert_rows
+from moesifasgi.queue_writer import QueueWriter
+from moesifasgi.storage.intake import insert_events
 
 
 def _row(i: int = 0) -> tuple:
@@ -24,15 +25,15 @@ def _counters(path) -> dict:
         conn.close()
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 9, 41, 127, 128, 129, 171, 500])
+@pytest.mark.parametrize("count", [1, 2, 3, 41, 239, 240, 241, 481, 500])
 def test_a_group_of_any_size_is_inserted_whole_in_order_with_its_app(tmp_path, count):
-    # Groups are split into multi-row statements of a few fixed sizes: every
-    # split must keep each row, its fields and its place.
+    # A group is one multi-row statement, split past 240 rows: every split must
+    # keep each row, its fields and its place.
     path = str(tmp_path / "q.sqlite")
     conn = storage.connect(path)
     rows = [(f"id-{i}", 1000.0 + i, '{"n": %d}' % i) for i in range(count)]
     with storage.immediate(conn):
-        _insert_rows(conn, rows, None)
+        insert_events(conn, rows, None)
     stored = conn.execute("SELECT transaction_id, created_at, body, app FROM events ORDER BY id").fetchall()
     conn.close()
     assert stored == [row + (None,) for row in rows]
@@ -165,3 +166,26 @@ def test_four_processes_writing_at_once_end_with_exactly_their_events_and_the_ca
     assert len(stored) == min(8000, capacity)
     assert counters["pending"] == len(stored)
     assert counters["dropped"] == 8000 - len(stored)
+
+
+def test_a_first_connection_kept_waiting_past_the_busy_timeout_to_migrate_keeps_its_events(tmp_path, monkeypatch):
+    # A worker starting on a new file while another process holds the write lock
+    # for longer than the busy timeout: connect() fails "locked", which is a
+    # reason to try again, not to drop the group.
+    monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 200)
+    path = str(tmp_path / "queue.sqlite")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")  # the schema is not there yet: the writer must wait to migrate
+    writer = QueueWriter(path, 1000)
+    try:
+        assert writer.submit(("tid-1", time.time(), "{}"))
+        assert not writer.flush(1.0)  # held: still waiting, not given up
+        holder.execute("ROLLBACK")
+        assert writer.flush(30)
+        assert writer.dropped == 0
+        assert [tid for (tid,) in sqlite3.connect(path).execute("SELECT transaction_id FROM events")] == ["tid-1"]
+    finally:
+        holder.close()
+        writer.close()

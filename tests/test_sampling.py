@@ -31,9 +31,9 @@ def rule(rate_value, *conditions):
 @pytest.fixture(autouse=True)
 def fresh_warnings():
     # Warnings are logged once per process; each test starts from a clean slate.
-    sampling._warned.clear()
+    sampling._warned.reset()
     yield
-    sampling._warned.clear()
+    sampling._warned.reset()
 
 
 def test_no_config_keeps_everything():
@@ -231,3 +231,27 @@ def test_weight_of_nan_is_one():
 )
 def test_keep_compares_rand_times_100_with_the_rate(rate_value, rand, kept):
     assert keep(rate_value, rand) is kept
+
+
+def test_the_middleware_and_every_writer_of_a_queue_file_share_one_config_snapshot(tmp_path):
+    from moesifasgi import shared_state
+    from moesifasgi.pipeline import EventPipeline
+    from moesifasgi.queue_writer import writer_for
+    from moesifasgi.settings import parse_settings
+
+    path = str(tmp_path / "q.sqlite")
+    settings = parse_settings({"APPLICATION_ID": "app", "QUEUE_PATH": path})
+    pipeline = EventPipeline(settings)
+    other_app = writer_for(path, 100, "another-app")
+    try:
+        assert pipeline.remote is shared_state.for_queue(path) is other_app.shared
+        pipeline.remote.sampling = SamplingConfig.from_dict({"sample_rate": 0})
+        assert pipeline.sample(verb="GET", route="/", ip_address=None, status=200, user_id=None,
+                               company_id=None) is None
+        pipeline.remote.sampling = SamplingConfig.from_dict({"sample_rate": 25})
+        weights = {pipeline.sample(verb="GET", route="/", ip_address=None, status=200, user_id=None,
+                                   company_id=None) for _ in range(200)}
+        assert weights == {None, 4}
+    finally:
+        pipeline.remote.sampling = None
+        other_app.close(5.0)

@@ -151,3 +151,28 @@ def test_an_idle_uvicorn_worker_signalled_while_its_queue_is_locked_commits_befo
     answered = [c.transaction_id for c in calls if c.answered]
     assert len(answered) == 4
     assert set(answered) <= set(recorded_ids(queue)), (tmp_path / "server.log").read_text()
+
+
+async def test_once_the_process_is_stopping_the_last_chunk_goes_out_only_after_the_commit(queue, monkeypatch):
+    # granian stops its event loop as soon as the last responses are out: an event
+    # recorded after the app's task returns would never be.
+    from moesifasgi import MoesifMiddleware, shutdown
+    from tests.asgi_harness import body_receiver, http_scope
+
+    monkeypatch.setattr(shutdown._state, "requested", True)
+    committed_when_sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            headers = dict(message["headers"])
+            send.tid = headers[b"x-moesif-transaction-id"].decode()
+        elif not message.get("more_body"):
+            committed_when_sent.append(send.tid in recorded_ids(queue))
+
+    middleware = MoesifMiddleware(app, settings={"APPLICATION_ID": "app-id", "QUEUE_PATH": queue})
+    await middleware(http_scope("/x"), body_receiver(), send)
+    assert committed_when_sent == [True]

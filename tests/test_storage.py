@@ -172,3 +172,27 @@ def test_a_read_only_open_never_creates_or_migrates(tmp_path):
     storage.connect(path, migrate=False).execute(f"PRAGMA user_version = {storage.latest_version() - 1}")
     storage.connect_readonly(path).close()  # an older queue is read as it is, never migrated
     assert storage.schema_version(storage.connect(path, migrate=False)) == storage.latest_version() - 1
+
+
+def test_no_module_outside_the_storage_package_speaks_sql_to_the_queue():
+    # One owner of the file: every statement lives in moesifasgi/storage/, so that
+    # the rules on replaced, corrupt and full files are applied in one place.
+    import ast
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    storage_dir = root / "moesifasgi" / "storage"
+    sql = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|PRAGMA|BEGIN|COMMIT|ROLLBACK|CREATE|VACUUM)\b")
+    found = []
+    for package in ("moesifasgi", "moesifasgi_flush"):
+        for source in sorted((root / package).rglob("*.py")):
+            if storage_dir in source.parents:
+                continue
+            for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("execute", "executemany", "executescript")):
+                    found.append(f"{source.relative_to(root)}:{node.lineno} calls .{node.func.attr}()")
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) and sql.match(node.value):
+                    found.append(f"{source.relative_to(root)}:{node.lineno} holds SQL {node.value[:40]!r}")
+    assert found == []

@@ -14,9 +14,9 @@ import pytest
 
 from moesifasgi import profiles, queue_writer, storage
 from moesifasgi.queue_writer import QueueWriter
-from moesifasgi.storage import maintenance, space
+from moesifasgi.storage import maintenance, queue_file, space
 from moesifasgi_flush.flusher import Flusher
-from moesifasgi_flush.local_collector import LocalCollector
+from moesifasgi.testing.local_collector import LocalCollector
 from tests.flush_support import APP_ID, FAST, event_json, eventually, insert_events, wait_until
 
 
@@ -85,6 +85,58 @@ def test_a_commit_that_fails_on_a_full_disk_loses_no_drop_count(small_disk, monk
     counters = _counters(path)
     assert counters["pending"] + counters["dropped"] == answered
     assert counters["pending"] == writer.committed
+
+
+
+@pytest.fixture
+def page_limited_queue(monkeypatch):
+    """Every queue connection capped at `pages` pages (PRAGMA max_page_count): a
+    file that cannot grow fails its writes with SQLite's "database or disk is
+    full", as on a full disk, on any host (no mount, no root)."""
+    opened = queue_file.connect
+
+    def limited(pages: int) -> None:
+        def connect(path: str, **options: object) -> sqlite3.Connection:
+            conn = opened(path, **options)
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+            return conn
+
+        monkeypatch.setattr(queue_file, "connect", connect)
+
+    return limited
+
+
+async def test_a_queue_file_that_cannot_grow_drops_and_counts_new_events_and_still_drains(queue_path,
+                                                                                        page_limited_queue):
+    page_limited_queue(300)  # about 1.2 MB
+    writer = QueueWriter(queue_path, capacity=100_000)
+    answered = 0
+    while writer.dropped <= 100 and answered < 5000:
+        writer.count_drop()  # e.g. a mask that raised: counted, never written
+        answered += 1
+        for _ in range(49):
+            writer.submit(_row())
+            answered += 1
+        # A group that does not fit is dropped and counted, not retried for ever.
+        assert await asyncio.to_thread(writer.flush, 10)
+    assert writer.dropped > 100, "the file never filled up"
+    assert await eventually(lambda: _counters(queue_path)["dropped"] == writer.dropped, 10)
+    with LocalCollector(application_id=APP_ID) as collector:
+        flusher = Flusher(queue_path, APP_ID, collector.url, FAST)
+        stats = await flusher.drain(30)
+        assert stats.sent == writer.committed and stats.remaining == 0
+        # The pages freed by delivery take new events again.
+        for _ in range(20):
+            assert writer.submit(_row())
+            answered += 1
+        assert await asyncio.to_thread(writer.flush, 10)
+        stats = await flusher.drain(30)
+        await flusher.aclose()
+        sent = len(collector.distinct_transaction_ids())
+    await asyncio.to_thread(writer.close)
+    counters = _counters(queue_path)
+    assert sent == writer.committed == counters["sent"]
+    assert sent + counters["pending"] + counters["dropped"] == answered
 
 
 def test_drops_reach_the_durable_counter_within_two_seconds_when_nothing_else_is_written(queue_path):
@@ -294,3 +346,53 @@ async def test_moesif_flush_drain_also_delivers_what_a_moved_corrupt_file_still_
     assert stats.remaining == 0
     assert len(set(tids) & collector.distinct_transaction_ids()) >= 180
     assert os.path.exists(moved + ".salvaged") and not os.path.exists(moved)
+
+
+
+async def test_the_flusher_releases_its_reserve_on_a_full_disk_and_drains_once_moesif_is_back(small_disk,
+                                                                                              monkeypatch):
+    # No writer-side guard: the writers themselves run the disk full (the
+    # low-space threshold set to 0, or something else eating the last bytes
+    # between two checks). The WAL then ends full of commits that a checkpoint
+    # cannot copy into the database, which would have to grow: every write the
+    # flusher needs (claim, ack, lease) fails until something frees disk space.
+    monkeypatch.setattr(space, "LOW_SPACE_BYTES", 0)
+    monkeypatch.setattr(space, "RESERVE_BYTES", 384 * 1024)
+    path = str(small_disk / "q.sqlite")
+    with LocalCollector(application_id=APP_ID) as collector:
+        collector.fail_for(503, 3600)  # Moesif is down: the flusher makes its reserve, sends nothing
+        flusher = Flusher(path, APP_ID, collector.url, FAST)
+        task = asyncio.ensure_future(flusher.run())
+        assert await eventually(lambda: os.path.exists(path + ".reserve"), 10)
+        await flusher.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        writer = QueueWriter(path, capacity=100_000)
+        answered = 0
+        while writer.dropped == 0 and answered < 5000:
+            for _ in range(50):
+                writer.submit(_row())
+                answered += 1
+            await asyncio.to_thread(writer.flush, 10)
+        assert writer.dropped > 0, "the disk never filled up"
+        _fill_disk(small_disk)  # and the last free blocks go too
+        assert os.path.exists(path + ".reserve")
+        collector.reset_faults()  # Moesif is back: the backlog must drain anyway
+        flusher = Flusher(path, APP_ID, collector.url, FAST)
+        task = asyncio.ensure_future(flusher.run())
+        try:
+            assert await eventually(lambda: _counters(path)["pending"] == 0
+                                    and len(collector.distinct_transaction_ids()) == writer.committed, 60), \
+                (_counters(path), len(collector.distinct_transaction_ids()), writer.committed)
+            assert not os.path.exists(path + ".reserve")
+            # The pages freed by delivery take new events again, the disk still full.
+            assert writer.submit(_row())
+            answered += 1
+            assert await eventually(lambda: len(collector.distinct_transaction_ids()) == writer.committed, 30)
+            assert await eventually(lambda: _counters(path)["dropped"] == writer.dropped, 10)
+            await asyncio.to_thread(writer.close)
+        finally:
+            await flusher.stop()
+            await asyncio.gather(task, return_exceptions=True)
+        sent = len(collector.distinct_transaction_ids())
+    counters = _counters(path)
+    assert sent + counters["pending"] + counters["dropped"] == answered

@@ -11,12 +11,14 @@ import email.utils
 import math
 import random
 import time
+from typing import Optional
+
 __all__ = ["Backoff", "parse_retry_after", "JITTER_MODES"]
 
 JITTER_MODES = ("full", "decorrelated", "none")
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
     """Turn a ``Retry-After`` header into seconds to wait, or None.
 
     RFC 9110 allows either delta-seconds or an HTTP date. Moesif documents
@@ -79,7 +81,7 @@ class Backoff:
         *,
         jitter: str = "full",
         max_retry_after: float = 300.0,
-        rng: random.Random | None = None,
+        rng: Optional[random.Random] = None,
     ) -> None:
         if initial <= 0 or maximum < initial:
             raise ValueError("need 0 < initial <= maximum")
@@ -112,7 +114,7 @@ class Backoff:
             return self.maximum
         return min(self.maximum, raw)
 
-    def next_delay(self, retry_after: float | None = None) -> float:
+    def next_delay(self, retry_after: Optional[float] = None) -> float:
         """Seconds to wait before the next attempt; counts one attempt."""
         if self.jitter == "full":
             delay = self._rng.uniform(0.0, self.ceiling())

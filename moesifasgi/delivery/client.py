@@ -13,13 +13,14 @@ import gzip
 import logging
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Type, Union
 
 import httpx
 
 from moesifasgi._version import USER_AGENT
 
 from .backoff import parse_retry_after
+from .outcomes import PostOutcome
 
 __all__ = [
     "AUTH",
@@ -32,17 +33,16 @@ __all__ = [
     "TOO_LARGE",
     "FetchResult",
     "MoesifClient",
+    "PostOutcome",
     "PostResult",
     "classify_status",
 ]
 
 logger = logging.getLogger(__name__)
 
-OK = "ok"  # accepted: delete the rows
-RETRY = "retry"  # transient: keep the rows, back off, try again
-AUTH = "auth"  # 401/402/403: the key or subscription is bad; stop and probe later
-REJECT = "reject"  # 400 and other 4xx: a bad row poisons the batch; split it
-TOO_LARGE = "too_large"  # 413: split the batch
+# The outcomes by their short names, as the flusher's modules use them.
+OK, RETRY, AUTH, REJECT = PostOutcome.OK, PostOutcome.RETRY, PostOutcome.AUTH, PostOutcome.REJECT
+TOO_LARGE = PostOutcome.TOO_LARGE
 
 DEFAULT_BASE_URI = "https://api.moesif.net"
 # httpx's default is 5 s for everything; a 50 MB batch on a slow link needs longer
@@ -61,7 +61,7 @@ _AUTH_STATUSES = frozenset({401, 402, 403})
 _RETRY_4XX = frozenset({408, 429})
 
 
-def classify_status(status: int) -> str:
+def classify_status(status: int) -> PostOutcome:
     """Map an HTTP status from Moesif to an outcome constant."""
     if 200 <= status < 300:
         return OK
@@ -80,11 +80,11 @@ def classify_status(status: int) -> str:
 
 @dataclass(frozen=True)
 class PostResult:
-    outcome: str
-    status: int | None = None
-    retry_after: float | None = None
-    config_etag: str | None = None
-    error: str | None = None
+    outcome: PostOutcome
+    status: Optional[int] = None
+    retry_after: Optional[float] = None
+    config_etag: Optional[str] = None
+    error: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -93,10 +93,10 @@ class PostResult:
 
 @dataclass(frozen=True)
 class FetchResult:
-    status: int | None
+    status: Optional[int]
     data: Any = None
-    etag: str | None = None
-    error: str | None = None
+    etag: Optional[str] = None
+    error: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -135,8 +135,8 @@ class MoesifClient:
         application_id: str,
         base_uri: str = DEFAULT_BASE_URI,
         *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: Union[httpx.Timeout, float] = DEFAULT_TIMEOUT,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
         max_connections: int = 8,
     ) -> None:
         if not application_id:
@@ -158,7 +158,7 @@ class MoesifClient:
     def _url(self, path: str) -> str:
         return self.base_uri + (path if path.startswith("/") else "/" + path)
 
-    async def post_batch(self, path: str, rows: Sequence[str], application_id: str | None = None) -> PostResult:
+    async def post_batch(self, path: str, rows: Sequence[str], application_id: Optional[str] = None) -> PostResult:
         """POST ``rows`` (JSON texts) as one gzipped JSON array, under ``application_id``
         when given (events recorded by another app sharing the queue), else the client's."""
         joined_len = sum(len(r) for r in rows)
@@ -189,7 +189,7 @@ class MoesifClient:
             error=None if outcome == OK else _http_error_text(response),
         )
 
-    async def post_events(self, rows: Sequence[str], application_id: str | None = None) -> PostResult:
+    async def post_events(self, rows: Sequence[str], application_id: Optional[str] = None) -> PostResult:
         return await self.post_batch("/v1/events/batch", rows, application_id)
 
     async def post_users(self, rows: Sequence[str]) -> PostResult:
@@ -231,8 +231,8 @@ class MoesifClient:
 
     async def __aexit__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
     ) -> None:
         await self.aclose()

@@ -27,6 +27,7 @@ from .backoff import Backoff
 from .client import DEFAULT_BASE_URI, MoesifClient
 from .posting import AUTH_PROBE_INTERVAL, Delivery
 from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
+from .outcomes import StopReason
 from .pump import BATCH_WAIT, CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
 from .profile_delivery import deliver_profiles, release_profiles, run_profile_delivery
 from .remote_config import CONFIG_INTERVAL, MIN_FETCH_GAP, RemoteConfig
@@ -273,7 +274,7 @@ class Flusher:
         remaining = await self.db.run(qs.pending)
         return pump.stats(remaining, time.monotonic() - started)
 
-    def interrupt_drain(self, reason: str = "interrupted") -> None:
+    def interrupt_drain(self, reason: StopReason = StopReason.INTERRUPTED) -> None:
         """Make a running `drain()` stop claiming and return (signal handlers call this);
         `reason` becomes its DrainStats.error."""
         if self._draining is not None:

@@ -28,7 +28,7 @@ from .flusher import Flusher, FlusherOptions
 from .lease import LEASE_SECONDS, RENEW_INTERVAL
 from .pump import BATCH_WAIT
 
-logger = logging.getLogger("moesifasgi.delivery.helper")
+logger = logging.getLogger(__name__)
 
 PARENT_CHECK_INTERVAL = 1.0
 _PR_SET_PDEATHSIG = 1

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Callable, Dict, Optional
 
 
 try:
@@ -34,6 +34,8 @@ try:
 except ImportError:  # Windows: no flock to elect the worker that starts the helper
     fcntl = None  # type: ignore[assignment]
 
+from moesifasgi.diagnostics import ProblemLog
+from moesifasgi.per_process import PerProcess
 from moesifasgi.queue_location import open_private_file
 
 from .async_db import AsyncDB
@@ -69,7 +71,7 @@ class HelperSupervisor:
         self._fallback = fallback  # starts the in-process flusher if no helper can run
         self._fallback_task: Optional["asyncio.Future[None]"] = None
         self._stopping = False
-        self._failing = False
+        self._problems = ProblemLog(logger, interval=None)
         # One connection on one thread, reopened if the file is replaced.
         self._db = AsyncDB(settings.queue_path)
 
@@ -82,14 +84,14 @@ class HelperSupervisor:
         while not self._stopping and self._fallback_task is None:
             try:
                 await self.check()
-                self._failing = False
+                self._problems.clear("check")
             except Exception as exc:
                 if self._stopping:
                     break  # stop() closed the database under this check
                 # Once per episode: a broken queue path would otherwise log every few seconds.
-                (logger.debug if self._failing else logger.warning)(
-                    "moesifasgi: cannot check the flusher helper (%s); events stay queued, retrying", exc)
-                self._failing = True
+                message = "moesifasgi: cannot check the flusher helper (%s); events stay queued, retrying"
+                if not self._problems.report("check", message, exc):
+                    logger.debug(message, exc)
             if self._fallback_task is not None:
                 break
             # Jitter keeps the workers of one host from checking in lockstep.
@@ -153,7 +155,7 @@ class HelperSupervisor:
                 self._fallback_task = self._fallback()
             return False
         self.helpers_started += 1
-        _children[self.child.pid] = (os.getpid(), self.child)
+        _children.get()[self.child.pid] = self.child
         logger.info("moesifasgi: started the flusher helper (pid %d) for %s", self.child.pid,
                     self.settings.queue_path)
         return True
@@ -196,24 +198,24 @@ class HelperSupervisor:
                            "(its claims and lease expire on their own)", child.pid, timeout)
             child.kill()
             child.wait()
-        _children.pop(child.pid, None)
+        _children.get().pop(child.pid, None)
 
 
 def _has_leader(conn: sqlite3.Connection) -> bool:
     return current_leader(conn) is not None
 
 
-# helper pid -> (pid of the worker that started it, process), for the exit hook.
-_children: Dict[int, Tuple[int, subprocess.Popen]] = {}
+# helper pid -> process, for the exit hook: this process's children only.
+_children: PerProcess[Dict[int, subprocess.Popen]] = PerProcess(dict)
 
 
 def _terminate_children() -> None:
     # A worker exiting without a lifespan shutdown: ask the helper to stop (it
     # would notice the orphaning within a second anyway). A forked copy of the
-    # worker inherits this map but must not touch its parent's helper.
-    me = os.getpid()
-    for starter, child in list(_children.values()):
-        if starter == me and child.poll() is None:
+    # worker inherits the parent's map but must not touch its parent's helper.
+    children = _children.peek()
+    for child in list(children.values()) if children is not None else ():
+        if child.poll() is None:
             try:
                 child.terminate()
             except OSError:

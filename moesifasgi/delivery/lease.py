@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from moesifasgi.storage import immediate
+from moesifasgi.storage import lease_store
 
 LEASE_NAME = "flusher"
 # A dead leader is replaced within LEASE_SECONDS + the contenders' poll interval:
@@ -78,51 +78,26 @@ class Lease:
     def try_acquire(self, conn: sqlite3.Connection, now: Optional[float] = None) -> Acquired:
         """Take the lease if it is free, expired or already ours (then it is renewed)."""
         now = time.time() if now is None else now
-        expires = now + self.duration
         # Contenders look first without the write lock: every worker asks every few
         # seconds, and the web workers' writers need that lock.
-        held = conn.execute("SELECT owner, expires_at FROM leases WHERE name = ?", (self.name,)).fetchone()
+        held = lease_store.lease_holder(conn, self.name)
         if held is not None and held[0] != self.owner and held[1] >= now:
             return Acquired(False)
-        with immediate(conn):
-            row = conn.execute("SELECT owner, expires_at FROM leases WHERE name = ?", (self.name,)).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO leases (name, owner, pid, host, since, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.name, self.owner, self.pid, self.host, now, expires))
-                return Acquired(True)
-            owner, expires_at = row
-            if owner == self.owner:
-                conn.execute("UPDATE leases SET expires_at = ? WHERE name = ?", (expires, self.name))
-                return Acquired(True)
-            if expires_at >= now:
-                return Acquired(False)
-            conn.execute(
-                "UPDATE leases SET owner = ?, pid = ?, host = ?, since = ?, expires_at = ? WHERE name = ?",
-                (self.owner, self.pid, self.host, now, expires, self.name))
-            return Acquired(True, previous_owner=owner)
+        leader, previous = lease_store.take_lease(conn, self.name, self.owner, self.pid, self.host, now,
+                                                  now + self.duration)
+        return Acquired(leader, previous_owner=previous)
 
     def renew(self, conn: sqlite3.Connection, now: Optional[float] = None) -> bool:
         """Extend our lease; False when we lost it (someone took it after it expired)."""
         now = time.time() if now is None else now
-        with immediate(conn):
-            cur = conn.execute("UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ?",
-                               (now + self.duration, self.name, self.owner))
-        return cur.rowcount == 1
+        return lease_store.extend_lease(conn, self.name, self.owner, now + self.duration)
 
     def release(self, conn: sqlite3.Connection) -> bool:
         """Give the lease up so that another process takes over at once."""
-        with immediate(conn):
-            cur = conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (self.name, self.owner))
-        return cur.rowcount == 1
+        return lease_store.drop_lease(conn, self.name, self.owner)
 
 
 def current_leader(conn: sqlite3.Connection, name: str = LEASE_NAME,
                    now: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """{owner, pid, host, since, expires_at} of the unexpired holder, or None."""
-    now = time.time() if now is None else now
-    row = conn.execute("SELECT owner, pid, host, since, expires_at FROM leases WHERE name = ? AND expires_at >= ?",
-                       (name, now)).fetchone()
-    if row is None:
-        return None
-    return dict(zip(("owner", "pid", "host", "since", "expires_at"), row))
+    return lease_store.unexpired_lease(conn, name, time.time() if now is None else now)

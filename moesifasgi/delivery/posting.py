@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..diagnostics import ProblemLog
 from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import AUTH, REJECT, RETRY, TOO_LARGE, MoesifClient, PostResult
+from .outcomes import PostOutcome
 from .splitting import post_isolating
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ class Outcome:
     dead_lettered: int = 0
     released: List[int] = field(default_factory=list)  # ids given back after an error
     acked: List[int] = field(default_factory=list)
-    error: Optional[str] = None  # the outcome constant of the failure, if any
+    error: Optional[PostOutcome] = None  # the failed post's, if any
     to_ack: List[int] = field(default_factory=list)  # accepted, left for the caller to delete
     success_at: Optional[float] = None  # to record with that deferred ack
 
@@ -64,11 +66,11 @@ class Delivery:
         # metrics; every key exists up front so a reader on another thread can copy it.
         self.failures = {RETRY: 0, AUTH: 0, REJECT: 0, TOO_LARGE: 0}
         self.last_failure: Optional[str] = None  # what the last failed post said, for drain's last line
-        self._failing = False
+        self._problems = ProblemLog(logger, interval=None)  # a failing Moesif: one line per outage
         self._last_success_write = 0.0
         self._last_error_write = 0.0
-        self._too_old = 0
-        self._too_old_logged = -3600.0
+        self._too_old = 0  # events dead-lettered as too old since the last line about them
+        self._too_old_log = ProblemLog(logger, interval=60.0)  # a stale backlog: one line a minute
         self._apps: Dict[int, str] = {}  # apps.id -> application id, read when a new one shows up
 
     def pause_remaining(self) -> float:
@@ -83,9 +85,9 @@ class Delivery:
         if old:
             out.dead_lettered += await self.db.run(qs.dead_letter, self.owner, old, None, _TOO_OLD_REASON)
             self._too_old += len(old)
-            if time.monotonic() - self._too_old_logged >= 60.0:  # a stale backlog: one line a minute
-                logger.warning("moved %d events older than 30 days to the dead letters", self._too_old)
-                self._too_old, self._too_old_logged = 0, time.monotonic()
+            if self._too_old_log.report("too-old", "moved %d events older than 30 days to the dead letters",
+                                        self._too_old, note_repeats=False):
+                self._too_old = 0
             rows = [r for r in rows if r.created_at >= cutoff]
         application_id = await self._application_id(rows[0].app) if rows else None
 
@@ -130,9 +132,8 @@ class Delivery:
         else:
             out.sent += await self.db.run(qs.ack, self.owner, ids, success_at=success_at)
         out.acked.extend(ids)
-        if self._failing or self.auth_blocked:
+        if self._problems.clear("post") or self.auth_blocked:
             logger.info("Moesif accepts events again after %d failed posts", self.errors)
-        self._failing = False
         self.auth_blocked = False
         self.errors = 0
         self.backoff.reset()
@@ -171,12 +172,9 @@ class Delivery:
                 self.paused_until = now + delay
             elif result.retry_after:
                 self.paused_until = max(self.paused_until, now + result.retry_after)
-            if not self._failing:
-                logger.warning("posting events to Moesif failed (%s); events stay queued, retrying with backoff",
-                               result.error or result.status)
-            else:
+            if not self._problems.report("post", "posting events to Moesif failed (%s); events stay queued, "
+                                         "retrying with backoff", result.error or result.status):
                 logger.debug("post failed again (%s); next try in %.1f s", result.error, self.pause_remaining())
-            self._failing = True
         await self._record_error(result)
 
     async def _record_error(self, result: PostResult) -> None:

@@ -27,6 +27,7 @@ from ..storage.profile_store import (  # noqa: F401  (the statements live with t
 from .async_db import AsyncDB
 from .backoff import Backoff
 from .client import AUTH, MoesifClient, PostResult
+from .outcomes import PostOutcome
 from .splitting import post_isolating
 
 __all__ = ["ProfileStats", "deliver_profiles", "profile_counts", "release_profiles",
@@ -45,7 +46,7 @@ class ProfileStats:
     companies_sent: int = 0
     dead_lettered: int = 0
     released: int = 0  # rows given back after a failed post
-    error: Optional[str] = None  # the client outcome that stopped delivery (retry, auth...)
+    error: Optional[PostOutcome] = None  # the outcome that stopped delivery (retry, auth...)
     status: Optional[int] = None
     retry_after: Optional[float] = None
 

@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
+from ..diagnostics import ProblemLog
 from ..storage import queue_store as qs
 from .async_db import AsyncDB
-from .client import AUTH
+from .outcomes import StopReason
 from .posting import Delivery
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class DrainStats:
     dead_lettered: int = 0
     failed: int = 0  # events dead-lettered plus events still queued after a failed post
     remaining: int = 0  # events pending in the queue file at the end (any process's)
-    error: Optional[str] = None  # why the drain stopped early: "auth", "retry", "deadline"
+    error: Optional[StopReason] = None  # why the drain stopped early
     elapsed: float = 0.0
 
 
@@ -63,7 +64,7 @@ class Pump:
         self.sent = 0
         self.dead_lettered = 0
         self.failed_ids: Set[int] = set()
-        self.last_error: Optional[str] = None
+        self.last_error: Optional[StopReason] = None
         self._holding: Dict[int, List[int]] = {}  # worker number -> ids it has claimed
         # worker number -> (ids Moesif accepted, success time): deleted with the next claim
         self._to_ack: Dict[int, Tuple[List[int], Optional[float]]] = {}
@@ -73,7 +74,7 @@ class Pump:
         self._claim_gate = asyncio.Lock()
         self._until_empty = False
         self._deadline: Optional[float] = None
-        self._failing = False  # shared by the workers: one log line per episode
+        self._problems = ProblemLog(logger, interval=None)  # shared by the workers: one line per episode
         self.grace = 5.0  # seconds in-flight posts get after a stop (the owner may lower it)
 
     def request_stop(self) -> None:
@@ -115,11 +116,11 @@ class Pump:
             timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
             await asyncio.wait([stop, *workers], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not self._stopping.is_set() and self._deadline is not None and time.monotonic() >= self._deadline:
-                self.last_error = self.last_error or "deadline"
+                self.last_error = self.last_error or StopReason.DEADLINE
         finally:
             stop.cancel()
 
-    async def _cancel(self, running: "set[asyncio.Future[None]]") -> None:
+    async def _cancel(self, running: "Set[asyncio.Future[None]]") -> None:
         for task in running:
             task.cancel()
         if running:
@@ -137,7 +138,7 @@ class Pump:
         if self._stopping.is_set():
             return True
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            self.last_error = self.last_error or "deadline"
+            self.last_error = self.last_error or StopReason.DEADLINE
             return True
         return False
 
@@ -155,15 +156,14 @@ class Pump:
                 await self._flush_acks([number])
                 if self._until_empty and delivery.auth_blocked:
                     # Waiting minutes for a probe is the daemon's job, not drain's.
-                    self.last_error = AUTH
+                    self.last_error = StopReason.AUTH
                     self._stopping.set()
                     break
                 await self._sleep(min(pause, 0.5))
                 continue
             try:
                 await self._one_batch(number)
-                if self._failing:
-                    self._failing = False
+                if self._problems.clear("batch"):
                     logger.warning("flushing works again")
             except asyncio.CancelledError:
                 raise
@@ -172,11 +172,9 @@ class Pump:
                 # file removed) must not kill the worker: the claimed rows come
                 # back when released or expired, and we try again a moment later.
                 # The traceback once per episode, not once a second per worker.
-                if self._failing:
+                if not self._problems.report("batch", "flushing a batch failed; retrying shortly",
+                                             level=logging.ERROR, exc_info=True):
                     logger.debug("flushing a batch failed again: %s", exc)
-                else:
-                    logger.exception("flushing a batch failed; retrying shortly")
-                self._failing = True
                 await self._release_held(number)
                 await self._sleep(1.0)
         await self._flush_acks([number])
@@ -202,7 +200,7 @@ class Pump:
         self.sent += outcome.sent
         self.dead_lettered += outcome.dead_lettered
         if outcome.released:
-            self.last_error = outcome.error
+            self.last_error = None if outcome.error is None else StopReason.after(outcome.error)
             if self._until_empty:  # only a drain reports them; a daemon would hoard ids
                 self.failed_ids.update(outcome.released)
         if self.failed_ids:
@@ -286,5 +284,5 @@ class Pump:
 
     def stats(self, remaining: int, elapsed: float) -> DrainStats:
         failed = self.dead_lettered + len(self.failed_ids)
-        error = self.last_error if (self.failed_ids or self.last_error in (AUTH, "deadline")) else None
+        error = self.last_error if (self.failed_ids or self.last_error in (StopReason.AUTH, StopReason.DEADLINE)) else None
         return DrainStats(self.sent, self.dead_lettered, failed, remaining, error, elapsed)

@@ -1,7 +1,7 @@
 """Applying governance rules to a live ASGI request: the middleware's side of it.
 
 The middleware asks :func:`check` before calling the app (only when the stored
-rules compiled to something: ``writer.shared.governance is not None``). A blocked
+rules compiled to something: ``pipeline.remote.governance is not None``). A blocked
 call is answered with :func:`respond_blocked` and the app is never called; for a
 call that goes on, :func:`adding_headers` wraps ``send`` so the matching rules'
 headers reach the client.

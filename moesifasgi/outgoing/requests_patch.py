@@ -17,6 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterator, List, Optional
 
+from .._compat import is_starlette_testclient_session
 from ..bodies import BodyBuffer
 from .event import FAILED_STATUS, OutgoingCall, plain_headers
 from .patching import Slot, unwrap_method, wrap_method
@@ -58,7 +59,7 @@ def _wrap_send(original: Callable[..., Any], slot: Slot) -> Callable[..., Any]:
 
     def send(self: Any, request: Any, **kwargs: Any) -> Any:
         recorder: Optional[OutgoingRecorder] = slot.recorder
-        if recorder is None or not isinstance(request, prepared) or not _capturing(recorder, request):
+        if recorder is None or not isinstance(request, prepared) or not _capturing(recorder, self, request):
             return original(self, request, **kwargs)
         started = time.time()
         parent = _handled.get()
@@ -83,10 +84,11 @@ def _wrap_send(original: Callable[..., Any], slot: Slot) -> Callable[..., Any]:
     return send
 
 
-def _capturing(recorder: OutgoingRecorder, request: Any) -> bool:
+def _capturing(recorder: OutgoingRecorder, session: Any, request: Any) -> bool:
     """Whether to capture this call; False, never an exception, for a request we cannot read."""
     try:
-        return recorder.wants(request.url or "", request.headers)
+        url = request.url or ""
+        return recorder.wants(url, request.headers) and not is_starlette_testclient_session(session, url)
     except Exception:
         return False  # a request requests cannot send either: it will tell the caller
 

@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import immediate
-from .queue_store import claim_sql, ids_json
+from .claims import PROFILES, claim_sql, delete_sent, give_back, ids_json, move_to_dead_letters
 
 # moesifapi documents the profile batch endpoints as taking less than 250 kB.
 MAX_PROFILE_BATCH_BYTES = 250_000
@@ -47,34 +47,20 @@ def has_claimable_profiles(conn: sqlite3.Connection, now: Optional[float] = None
 
 def ack_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int]) -> int:
     with immediate(conn):
-        deleted = conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, ids_json(ids))).rowcount
-        if deleted:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_sent'", (deleted,))
-    return deleted
+        return delete_sent(conn, PROFILES, owner, ids)
 
 
 def release_profiles(conn: sqlite3.Connection, owner: str, ids: Optional[Sequence[int]] = None) -> int:
     """Give claimed profiles back (all of `owner`'s when `ids` is None)."""
-    sql = "UPDATE profiles SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by = ?"
     with immediate(conn):
-        if ids is None:
-            return conn.execute(sql, (owner,)).rowcount
-        return conn.execute(f"{sql} AND {_IDS}", (owner, ids_json(ids))).rowcount
+        return give_back(conn, PROFILES, owner, ids)
 
 
 def dead_letter_profiles(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status: Optional[int],
                          reason: str = REJECTED_REASON, *, now: Optional[float] = None) -> int:
     now = time.time() if now is None else now
     with immediate(conn):
-        moved = conn.execute(
-            "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at, kind) "
-            f"SELECT kind || ':' || profile_id, created_at, body, ?, ?, ?, kind FROM profiles "
-            f"WHERE claimed_by = ? AND {_IDS} ORDER BY id",
-            (status, reason, now, owner, ids_json(ids))).rowcount
-        conn.execute(f"DELETE FROM profiles WHERE claimed_by = ? AND {_IDS}", (owner, ids_json(ids)))
-        if moved:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = 'profiles_dead_lettered'", (moved,))
-    return moved
+        return move_to_dead_letters(conn, PROFILES, owner, ids, status, reason, now)
 
 
 def requeue_profile_dead_letters(conn: sqlite3.Connection, ids: Optional[Sequence[int]] = None) -> int:

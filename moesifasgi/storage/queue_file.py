@@ -24,11 +24,15 @@ from ..diagnostics import problems
 from . import QueueError, connect, file_identity, is_corruption, is_disk_full, quarantine
 from .space import Reserve
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 
 def is_busy(exc: BaseException) -> bool:
     """True for "database is locked" / "busy": another process holds the lock; try again."""
+    if isinstance(exc, QueueError) and exc.__cause__ is not None:
+        # connect() met the lock: a first connection that waited to migrate a new
+        # file while another process held the lock for over the busy timeout.
+        exc = exc.__cause__
     if not isinstance(exc, sqlite3.OperationalError):
         return False
     text = str(exc)
@@ -44,6 +48,8 @@ class QueueFile:
         # file that failed to open as corrupt is moved aside only if still it.
         self._identity: Optional[Tuple[int, int]] = None
         self.reserve = Reserve(path) if reserve else None
+        # (WAL frames, frames checkpointed) seen by the last recovery from a full disk.
+        self._last_checkpoint: Optional[Tuple[int, int]] = None
 
     def connection(self) -> sqlite3.Connection:
         """The open connection, (re)opened when there is none or the path now leads elsewhere."""
@@ -90,11 +96,16 @@ class QueueFile:
                                 level=logging.ERROR)
             # Move the WAL's pages into the database so that the WAL starts over
             # instead of needing to grow: the next transactions then fit.
+            # Only a checkpoint that found something new to move is worth a retry:
+            # when the WAL holds what the last one already saw (or nothing), the
+            # same write fails again, and a writer that retried on that would hold
+            # its events, and its flush() callers, for ever.
             checkpointed = False
             if self._conn is not None:
                 try:
-                    busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    checkpointed = not busy
+                    busy, frames, moved = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    checkpointed = not busy and frames > 0 and (frames, moved) != self._last_checkpoint
+                    self._last_checkpoint = (frames, moved)
                 except sqlite3.Error:
                     pass
             return released or checkpointed

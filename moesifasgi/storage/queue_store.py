@@ -18,6 +18,7 @@ import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from moesifasgi.storage import immediate
+from moesifasgi.storage.claims import EVENTS, delete_sent, give_back, ids_json, move_to_dead_letters
 
 # Moesif refuses batches over 50 MB whatever the compression; the brackets and
 # commas of the joined array count too.
@@ -40,31 +41,7 @@ class Row(NamedTuple):
     app: Optional[int] = None  # apps.id of the app that recorded it; None: the flusher's own
 
 
-def claim_sql(table: str, returning: str, extra_filter: str = "") -> str:
-    """The claim statement of a queue table (events, profiles): mark the oldest
-    unclaimed rows, up to a count and a byte budget, as ours until a deadline.
-
-    Parameters, in order: owner, claimed_until, [the extra filter's], now,
-    limit, max_bytes - 1. The running total needs the bytes of each body: CAST
-    to BLOB gives the UTF-8 length where length() of TEXT counts characters.
-    The first row is always taken, so a single oversized row still moves (and
-    is isolated by Moesif's 413).
-    """
-    return f"""
-UPDATE {table} SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1
-WHERE id IN (
-    SELECT id FROM (
-        SELECT id,
-               ROW_NUMBER() OVER (ORDER BY id) AS n,
-               SUM(length(CAST(body AS BLOB)) + 1) OVER (ORDER BY id) AS running
-        FROM (SELECT id, body FROM {table} WHERE {extra_filter}claimed_until < ? ORDER BY id LIMIT ?)
-    ) WHERE n = 1 OR running <= ?
-)
-RETURNING {returning}
-"""
-
-
-# The events claim in two plain statements instead of claim_sql's window
+# The events claim in two plain statements instead of claims.claim_sql's window
 # functions and RETURNING: read the oldest claimable rows of one app (a batch is
 # posted under one application id; see migrations/0004), keep those within the
 # byte budget here, then mark exactly them by their id range (the other rows in
@@ -80,12 +57,6 @@ _MARK_SQL = (
     "UPDATE events SET claimed_by = ?1, claimed_until = ?2, attempts = attempts + 1 "
     "WHERE id BETWEEN ?3 AND ?4 AND claimed_until < ?5 AND app IS ?6"
 )
-
-
-def ids_json(ids: Iterable[int]) -> str:
-    """Ids as one JSON array parameter, for `id IN (SELECT value FROM json_each(?))`:
-    any number of ids in one bound value (no IN (?, ?, ...) limit)."""
-    return json.dumps(list(ids))
 
 
 def claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: float, *,
@@ -141,12 +112,7 @@ def ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], *,
 
 
 def _ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], success_at: Optional[float]) -> int:
-    deleted = conn.execute(
-        "DELETE FROM events WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-        (owner, ids_json(ids)),
-    ).rowcount
-    if deleted:
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (deleted,))
+    deleted = delete_sent(conn, EVENTS, owner, ids)
     if success_at is not None:
         _kv_upsert(conn, KV_LAST_SUCCESS, repr(success_at), success_at)
     return deleted
@@ -155,34 +121,15 @@ def _ack(conn: sqlite3.Connection, owner: str, ids: Sequence[int], success_at: O
 def release(conn: sqlite3.Connection, owner: str, ids: Optional[Sequence[int]] = None) -> int:
     """Give claimed events back to the queue (all of `owner`'s when `ids` is None)."""
     with immediate(conn):
-        if ids is None:
-            cur = conn.execute("UPDATE events SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by = ?", (owner,))
-        else:
-            cur = conn.execute(
-                "UPDATE events SET claimed_by = NULL, claimed_until = 0 "
-                "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-                (owner, ids_json(ids)),
-            )
-        return cur.rowcount
+        return give_back(conn, EVENTS, owner, ids)
 
 
 def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status: Optional[int],
                 reason: str, *, now: Optional[float] = None) -> int:
     """Move claimed events to the dead-letter table with the status and reason."""
     now = time.time() if now is None else now
-    id_list = ids_json(ids)
     with immediate(conn):
-        moved = conn.execute(
-            "INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at, app) "
-            "SELECT transaction_id, created_at, body, ?, ?, ?, app FROM events "
-            "WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?)) ORDER BY id",
-            (status, reason, now, owner, id_list),
-        ).rowcount
-        conn.execute("DELETE FROM events WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-                     (owner, id_list))
-        if moved:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dead_lettered'", (moved,))
-    return moved
+        return move_to_dead_letters(conn, EVENTS, owner, ids, status, reason, now)
 
 
 def _where_ids(ids: Optional[Sequence[int]]) -> tuple:
@@ -309,6 +256,14 @@ def application_ids(conn: sqlite3.Connection) -> Dict[int, str]:
 
 def dead_letter_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+
+
+def newest_dead_letters(conn: sqlite3.Connection, since: float) -> Tuple[int, Optional[str]]:
+    """(dead letters that failed at or after `since`, the newest one's reason or None)."""
+    count, = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE failed_at >= ?", (since,)).fetchone()
+    row = conn.execute("SELECT reason FROM dead_letters WHERE failed_at >= ? ORDER BY id DESC LIMIT 1",
+                       (since,)).fetchone()
+    return int(count), None if row is None else row[0]
 
 
 # -- kv ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from . import immediate
 
-logger = logging.getLogger("moesifasgi")
+logger = logging.getLogger(__name__)
 
 SALVAGED_SUFFIX = ".salvaged"
 _CHUNK = 500

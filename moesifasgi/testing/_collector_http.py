@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, NamedTuple, Optional, Protocol, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def read_body(rfile: BinaryIO, headers: Mapping[str, str]) -> bytes:
     return body
 
 
-def decode_items(headers: Mapping[str, str], body: bytes, is_batch: bool) -> list[dict[str, Any]]:
+def decode_items(headers: Mapping[str, str], body: bytes, is_batch: bool) -> List[Dict[str, Any]]:
     """Gunzip and parse a POST body into records; ValueError says what is wrong."""
     try:
         if (headers.get("Content-Encoding") or "").lower() == "gzip":
@@ -85,7 +85,7 @@ def decode_items(headers: Mapping[str, str], body: bytes, is_batch: bool) -> lis
     return items
 
 
-def header_problems(path: str, headers: Mapping[str, str]) -> list[str]:
+def header_problems(path: str, headers: Mapping[str, str]) -> List[str]:
     """What a real client should have sent but did not (recorded, not refused)."""
     problems = []
     content_type = headers.get("Content-Type") or ""
@@ -106,7 +106,7 @@ class FaultPlan:
 
     _cond: threading.Condition
 
-    def fail_next(self, status: int, count: int = 1, headers: Mapping[str, str] | None = None,
+    def fail_next(self, status: int, count: int = 1, headers: Optional[Mapping[str, str]] = None,
                   *, method: str = "POST") -> None:
         """Answer the next ``count`` matching requests with ``status``."""
         if count < 1:
@@ -114,13 +114,13 @@ class FaultPlan:
         with self._cond:
             self._fail_queue.append([status, count, dict(headers or {}), method])
 
-    def fail_for(self, status: int, seconds: float, headers: Mapping[str, str] | None = None,
+    def fail_for(self, status: int, seconds: float, headers: Optional[Mapping[str, str]] = None,
                  *, method: str = "POST") -> None:
         """Answer every matching request with ``status`` for ``seconds`` from now."""
         with self._cond:
             self._fail_window = (time.monotonic() + seconds, status, dict(headers or {}), method)
 
-    def reject_events_where(self, predicate: Callable[[dict[str, Any]], bool] | None) -> None:
+    def reject_events_where(self, predicate: Optional[Callable[[Dict[str, Any]], bool]]) -> None:
         """Answer 400 to any batch holding an event the predicate selects (None clears)."""
         with self._cond:
             self._reject = predicate
@@ -131,12 +131,12 @@ class FaultPlan:
 
     def reset_faults(self) -> None:
         with self._cond:
-            self._fail_queue: deque[list[Any]] = deque()
-            self._fail_window: tuple[float, int, dict[str, str], str] | None = None
-            self._reject: Callable[[dict[str, Any]], bool] | None = None
+            self._fail_queue: deque[List[Any]] = deque()
+            self._fail_window: Optional[Tuple[float, int, Dict[str, str], str]] = None
+            self._reject: Optional[Callable[[Dict[str, Any]], bool]] = None
             self._delay = 0.0
 
-    def _take_fault(self, method: str) -> Reply | None:
+    def _take_fault(self, method: str) -> Optional[Reply]:
         with self._cond:
             if self._fail_queue and self._fail_queue[0][3] in (method, "*"):
                 entry = self._fail_queue[0]

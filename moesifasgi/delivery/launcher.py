@@ -1,12 +1,12 @@
-"""The embedded flusher: one background task per worker process and queue file.
+"""Starting the flusher FLUSHER asks for, from a web worker: one per worker process and queue file.
 
 The middleware calls `ensure_started(settings)` on lifespan startup and on every
 request (apps without lifespan), from inside the running event loop, and
-`await stop_embedded()` on lifespan shutdown. What the task does depends on FLUSHER:
+`await stop_flusher()` on lifespan shutdown. What the task does depends on FLUSHER:
 
-- "embedded" (the default): a `HelperSupervisor` that keeps one helper process
-  draining for all the workers (helper_supervisor.py); the workers only look at
-  the lease every few seconds.
+- "helper" (the default; "embedded" is accepted as its old name): a
+  `HelperSupervisor` that keeps one helper process draining for all the workers
+  (helper_supervisor.py); the workers only look at the lease every few seconds.
 - "in-process": a `Flusher` on the worker's own loop; every worker competes for
   the lease and the one that holds it drains.
 - "external": nothing; `moesif-flush run` drains.
@@ -24,7 +24,10 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Awaitable, Dict, List, Optional
+
+from moesifasgi.diagnostics import ProblemLog
+from moesifasgi.per_process import after_fork_in_child
 
 if TYPE_CHECKING:  # the middleware imports this module: keep that import light and acyclic
     from moesifasgi.settings import Settings
@@ -34,7 +37,7 @@ if TYPE_CHECKING:  # the middleware imports this module: keep that import light 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ensure_started", "stop_embedded", "running_flushers", "running_helpers"]
+__all__ = ["ensure_started", "stop_flusher", "running_flushers", "running_helpers"]
 
 
 @dataclass
@@ -42,7 +45,7 @@ class _Entry:
     flusher: Optional[Flusher]  # "in-process" (or a helper's fallback)
     task: "Optional[asyncio.Future[None]]"
     loop: Optional[asyncio.AbstractEventLoop]
-    supervisor: Optional[HelperSupervisor] = None  # "embedded"
+    supervisor: Optional[HelperSupervisor] = None  # "helper"
 
 
 # queue path -> this process's flusher. The request path only does a membership
@@ -50,7 +53,7 @@ class _Entry:
 _active: Dict[str, _Entry] = {}
 _owner_pid: Optional[int] = None
 _inherited: List[_Entry] = []  # kept referenced so their objects are never finalized here
-_logged: Set[str] = set()
+_once = ProblemLog(logger, interval=None)  # each failure once per process
 _fork_hook_installed = False
 
 
@@ -78,7 +81,7 @@ def _start(settings: Settings, options: Optional[FlusherOptions], helper_options
             loop = asyncio.get_running_loop()
         except RuntimeError:
             _log_once("no-loop", "moesifasgi: ensure_started() was called outside an event loop; "
-                                 "the embedded flusher will start on the next call from inside one",
+                                 "the flusher will start on the next call from inside one",
                       level=logging.WARNING)
             return
         from .flusher import Flusher, FlusherOptions
@@ -92,7 +95,7 @@ def _start(settings: Settings, options: Optional[FlusherOptions], helper_options
             entry.flusher = Flusher(path, settings.application_id, settings.base_uri, opts)
             return asyncio.ensure_future(_supervise(entry.flusher))
 
-        if settings.flusher == "embedded":
+        if settings.flusher == "helper":
             entry.supervisor = HelperSupervisor(settings, helper_options, fallback=start_in_process)
             entry.task = loop.create_task(_supervise_helper(entry.supervisor), name=f"moesif-flush-helper:{path}")
         else:
@@ -102,15 +105,15 @@ def _start(settings: Settings, options: Optional[FlusherOptions], helper_options
         # call from a new loop starts a new flusher.
         entry.task.add_done_callback(lambda _task: _active.pop(path) if _active.get(path) is entry else None)
     except Exception:
-        _log_once("start", "moesifasgi: cannot start the embedded flusher; events stay queued", exc_info=True)
+        _log_once("start", "moesifasgi: cannot start the flusher; events stay queued", exc_info=True)
 
 
 def _forget_parent_state() -> None:
     global _fork_hook_installed
-    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+    if not _fork_hook_installed:
         # Clears the map in a child right after fork, before any request can see a
         # parent's entry; the pid check below covers forks that skip the hook.
-        os.register_at_fork(after_in_child=_after_fork)
+        after_fork_in_child(_after_fork)
         _fork_hook_installed = True
     if _owner_pid != os.getpid():
         _after_fork()
@@ -120,7 +123,7 @@ def _after_fork() -> None:
     global _owner_pid
     _inherited.extend(_active.values())
     _active.clear()
-    _logged.clear()
+    _once.reset()
     _owner_pid = os.getpid()
 
 
@@ -136,7 +139,7 @@ async def _logging_failure(work: Awaitable[None], key: str, what: str) -> None:
 
 async def _supervise(flusher: Flusher) -> None:
     try:
-        await _logging_failure(flusher.run(), "run", "the embedded flusher")
+        await _logging_failure(flusher.run(), "run", "the flusher")
     finally:
         try:
             await asyncio.shield(flusher.aclose())
@@ -148,7 +151,7 @@ async def _supervise_helper(supervisor: HelperSupervisor) -> None:
     await _logging_failure(supervisor.run(), "helper", "the flusher helper supervisor")
 
 
-async def stop_embedded(timeout: float = 5.0) -> None:
+async def stop_flusher(timeout: float = 5.0) -> None:
     """Stop this process's flushers running on the current loop: in-flight batches
     finish or are released and the lease is released, within about `timeout` seconds."""
     try:
@@ -169,7 +172,7 @@ async def stop_embedded(timeout: float = 5.0) -> None:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
     except Exception:
-        _log_once("stop", "moesifasgi: stopping the embedded flusher failed", exc_info=True)
+        _log_once("stop", "moesifasgi: stopping the flusher failed", exc_info=True)
 
 
 def running_helpers() -> Dict[str, HelperSupervisor]:
@@ -180,14 +183,14 @@ def running_helpers() -> Dict[str, HelperSupervisor]:
 
 
 def running_flushers() -> Dict[str, Flusher]:
-    """This process's embedded flushers by queue path (for tests and diagnostics)."""
+    """The flushers this process runs on its own loop, by queue path (for tests and diagnostics)."""
     if _owner_pid != os.getpid():
         return {}
     return {path: e.flusher for path, e in _active.items() if e.flusher is not None}
 
 
 def _log_once(key: str, message: str, exc_info: bool = False, level: int = logging.ERROR) -> None:
-    if key in _logged:
-        return
-    _logged.add(key)
-    logger.log(level, message, exc_info=exc_info)
+    _once.report(key, message, level=level, exc_info=exc_info)
+
+
+stop_embedded = stop_flusher  # the old name, for code using moesifasgi_flush.embedded

@@ -4,7 +4,7 @@ It speaks the same HTTP as api.moesif.net for the endpoints we use, records what
 it receives, and can be told to misbehave (errors, throttling, slow answers,
 poisoned rows) so that retry, split and recovery paths run against a real socket.
 
-    python -m moesifasgi_flush.local_collector --port 0 --record events.jsonl
+    python -m moesifasgi.testing.local_collector --port 0 --record events.jsonl
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from ._collector_http import FaultPlan, Reply, decode_items, header_problems, make_server
 
@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_CONFIG", "LocalCollector", "main"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG: dict[str, Any] = {
+DEFAULT_CONFIG: Dict[str, Any] = {
     "sample_rate": 100,
     "user_sample_rate": {},
     "company_sample_rate": {},
@@ -65,34 +65,34 @@ class LocalCollector(FaultPlan):
     ``delay``, ``reset_faults``) comes from ``FaultPlan``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, application_id: str | None = None,
-                 *, keep_events: bool = True, record_file: str | None = None,
-                 raw_record_file: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, application_id: Optional[str] = None,
+                 *, keep_events: bool = True, record_file: Optional[str] = None,
+                 raw_record_file: Optional[str] = None) -> None:
         self.host, self.port, self.application_id = host, port, application_id
         self.keep_events = keep_events
         self._record = open(record_file, "a", encoding="utf-8") if record_file else None
         self._raw = open(raw_record_file, "ab") if raw_record_file else None
         self._cond = threading.Condition(threading.Lock())
-        self.events: list[dict[str, Any]] = []
-        self.users: list[dict[str, Any]] = []
-        self.companies: list[dict[str, Any]] = []
-        self.header_errors: list[str] = []
-        self.body_errors: list[str] = []
-        self.request_log: list[tuple[str, str, int, int]] = []  # method, path, status, items
+        self.events: List[Dict[str, Any]] = []
+        self.users: List[Dict[str, Any]] = []
+        self.companies: List[Dict[str, Any]] = []
+        self.header_errors: List[str] = []
+        self.body_errors: List[str] = []
+        self.request_log: List[Tuple[str, str, int, int]] = []  # method, path, status, items
         self.requests = 0
         self.event_count = 0
         # transaction id -> the X-Moesif-Application-Id it was posted under
-        self.application_of: dict[str, str] = {}
-        self._ids: list[str] = []
-        self._seen: set[str] = set()
+        self.application_of: Dict[str, str] = {}
+        self._ids: List[str] = []
+        self._seen: Set[str] = set()
         self._duplicates = 0
-        self.config: dict[str, Any] = json.loads(json.dumps(DEFAULT_CONFIG))
+        self.config: Dict[str, Any] = json.loads(json.dumps(DEFAULT_CONFIG))
         self.config_etag = _etag(self.config)
-        self.rules: list[Any] = []
+        self.rules: List[Any] = []
         self.reset_faults()
         self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._conns: Set[socket.socket] = set()
 
     # -- lifecycle ---------------------------------------------------------
     @property
@@ -149,12 +149,12 @@ class LocalCollector(FaultPlan):
         self.close()
 
     # -- what was received -------------------------------------------------
-    def transaction_ids(self) -> list[str]:
+    def transaction_ids(self) -> List[str]:
         """Ids of received events in arrival order (events without one are skipped)."""
         with self._cond:
             return list(self._ids)
 
-    def distinct_transaction_ids(self) -> set[str]:
+    def distinct_transaction_ids(self) -> Set[str]:
         with self._cond:
             return set(self._seen)
 
@@ -168,7 +168,7 @@ class LocalCollector(FaultPlan):
         with self._cond:
             return self._cond.wait_for(lambda: self.event_count >= n_events, timeout)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> Dict[str, int]:
         with self._cond:
             return {"requests": self.requests, "events": self.event_count,
                     "distinct": len(self._seen), "duplicates": self._duplicates,
@@ -182,7 +182,7 @@ class LocalCollector(FaultPlan):
             self.config_etag = _etag(self.config)
             return self.config_etag
 
-    def set_rules(self, rules: list[Any]) -> None:
+    def set_rules(self, rules: List[Any]) -> None:
         with self._cond:
             self.rules = list(rules)
 
@@ -212,7 +212,7 @@ class LocalCollector(FaultPlan):
                              json.dumps(doc).encode())
         return self._ingest(path, route, headers, body)
 
-    def _ingest(self, path: str, route: tuple[str, bool], headers: Mapping[str, str],
+    def _ingest(self, path: str, route: Tuple[str, bool], headers: Mapping[str, str],
                 body: bytes) -> Reply:
         kind, is_batch = route
         if self._raw is not None and kind == "events" and is_batch:
@@ -241,7 +241,7 @@ class LocalCollector(FaultPlan):
                 getattr(self, kind).extend(items)
             return Reply(201, {"X-Moesif-Config-ETag": self.config_etag}, _CREATED, len(items))
 
-    def _record_events(self, items: list[dict[str, Any]], application_id: str = "") -> None:
+    def _record_events(self, items: List[Dict[str, Any]], application_id: str = "") -> None:
         # Caller holds the lock.
         if self.keep_events:
             self.events.extend(items)
@@ -278,9 +278,9 @@ def write_raw_frame(out: Any, headers: Mapping[str, str], body: bytes) -> None:
     out.flush()
 
 
-def read_raw_frames(data: bytes) -> tuple[list[dict[str, Any]], int]:
+def read_raw_frames(data: bytes) -> Tuple[List[Dict[str, Any]], int]:
     """(events decoded from the complete frames in `data`, bytes consumed)."""
-    events: list[dict[str, Any]] = []
+    events: List[Dict[str, Any]] = []
     pos = 0
     while pos + 5 <= len(data):
         size = int.from_bytes(data[pos + 1:pos + 5], "big")
@@ -295,7 +295,7 @@ def read_raw_frames(data: bytes) -> tuple[list[dict[str, Any]], int]:
     return events, pos
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run a loopback Moesif-compatible collector.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The handler only flips a flag: taking a lock inside a signal handler can
     # deadlock if the main thread was interrupted while holding it.
-    stop_signals: list[int] = []
+    stop_signals: List[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: stop_signals.append(signum))
     collector = LocalCollector(args.host, args.port, args.app_id,
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _summary(stats: dict[str, int]) -> str:
+def _summary(stats: Dict[str, int]) -> str:
     return " ".join(f"{key}={value}" for key, value in stats.items())
 
 
