@@ -33,7 +33,6 @@ def _child(calls: int) -> Dict[str, float]:
     import uvloop
 
     from moesifasgi import MoesifMiddleware
-    from moesifasgi import queue_writer
 
     async def hello(scope, receive, send):
         await send({"type": "http.response.start", "status": 200,
@@ -96,7 +95,7 @@ def _child(calls: int) -> Dict[str, float]:
 
         async def run() -> tuple:
             await drive(app, scope, body, 1000)  # warm-up: the writer thread starts
-            writer = next(w for w in queue_writer._writers.values() if w.path == queue)
+            writer = app.pipeline.writer
             writer.flush(10)
             tid = writer._thread.native_id
             before = thread_cpu(tid)

@@ -8,6 +8,7 @@ both durable, or neither.
 """
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,33 +20,32 @@ EventRow = Tuple[str, float, str]
 # (kind, profile_id, created_at, body)
 ProfileRow = Tuple[str, str, float, str]
 
-# A group is written with a few multi-row INSERTs of these sizes, largest first
-# (50 rows: 32 + 8 + 8 + 2), so sqlite3 keeps five prepared statements and
-# releases the GIL once per statement, not once per row: executemany's re-take
-# of the GIL for every row made the app's event loop hand it over each time, a
-# convoy that cost more than the writing. Bound parameters rather than one JSON
-# array unpacked by json_each: no escaping of each event's text into the array
-# and parsing it back three times per row, which nearly doubled the CPU per
-# row. 128 rows x 4 parameters stays under
-# SQLite's oldest limit of 999 parameters per statement.
-_CHUNKS = (128, 32, 8, 2, 1)
-_INSERT_SQL = {
-    size: "INSERT INTO events (transaction_id, created_at, body, app) VALUES " + ",".join(["(?,?,?,?)"] * size)
-    for size in _CHUNKS
-}
+# A group is written with one multi-row INSERT ... VALUES (split past 240 rows:
+# 4 parameters a row stays under SQLite's oldest limit of 999 per statement).
+# One statement, so that the GIL is released and taken back once per group:
+# each re-take waits for the app's event loop to hand it over, and with a
+# statement per row (executemany), or even a few per group, that wait stretched
+# the commit under load, and with it what a kill -9 loses in batched mode (the
+# fault-injection test saw 38 lost with five statements per group). Bound
+# parameters rather than one JSON array unpacked by json_each: no escaping of
+# each event's text into the array and parsing it back three times per row,
+# which nearly doubled the CPU per row.
+_MAX_ROWS_PER_STATEMENT = 240
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO events (transaction_id, created_at, body, app) VALUES " + ",".join(["(?,?,?,?)"] * rows)
 
 
 def insert_events(conn: sqlite3.Connection, rows: Sequence[EventRow], app: Optional[int]) -> None:
-    """INSERT `rows` in order, tagged with `app`, in a few statements."""
-    start, total = 0, len(rows)
-    for size in _CHUNKS:
-        sql = _INSERT_SQL[size]
-        while total - start >= size:
-            params: List[object] = []
-            for transaction_id, created_at, body in rows[start:start + size]:
-                params += (transaction_id, created_at, body, app)
-            conn.execute(sql, params)
-            start += size
+    """INSERT `rows` in order, tagged with `app`: one statement per 240 rows."""
+    for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
+        chunk = rows[start:start + _MAX_ROWS_PER_STATEMENT]
+        params: List[object] = []
+        for transaction_id, created_at, body in chunk:
+            params += (transaction_id, created_at, body, app)
+        conn.execute(_insert_sql(len(chunk)), params)
 
 
 def pending_events(conn: sqlite3.Connection) -> int:
