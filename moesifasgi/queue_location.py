@@ -270,9 +270,37 @@ def prepare_queue_file(path: str, *, create: bool = True) -> None:
         os.close(open_private_file(path, create=create))
         return
     _check_directory(directory, create=create)
-    os.close(open_private_file(path, create=create))
+    if not _already_private(path, create=create):
+        os.close(open_private_file(path, create=create))
     for suffix in QUEUE_FILE_SUFFIXES:
+        if _already_private(path + suffix, create=False):
+            continue
         try:
             os.close(open_private_file(path + suffix, create=False))
         except FileNotFoundError:
             pass
+
+
+def _already_private(path: str, *, create: bool) -> bool:
+    """True when `path` is already a regular file that needs nothing from us (lstat only).
+
+    Why not always open it to check: closing *any* descriptor of a file drops
+    every POSIX lock this process holds on it, including the locks of SQLite
+    connections this process already has open on the queue file, its -wal and
+    its -shm. Another process closing its last connection then believes it is
+    the only user, checkpoints and deletes the -wal, and our connection goes on
+    committing into the unlinked -wal: events acknowledged, never drained, never
+    counted (seen when a helper stopped after its worker's kill -9). So a file
+    that is already right is never opened; only a missing or wrong one is, which
+    no connection of ours can hold (SQLite gives -wal/-shm the database's mode).
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False  # a symlink or something else: open_private_file says why
+    euid = _euid()
+    if st.st_uid == euid:
+        return stat.S_IMODE(st.st_mode) == 0o600
+    return euid == 0 and not create  # root reading another user's queue, as open_private_file allows

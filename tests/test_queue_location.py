@@ -9,6 +9,8 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 from typing import Callable, Iterator
 
@@ -16,6 +18,7 @@ import pytest
 
 from moesifasgi import queue_location, storage
 from moesifasgi.queue_location import UnsafeQueueLocation, default_queue_path, resolve_queue_path
+from moesifasgi.queue_writer import QueueWriter
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root to act as a second uid")
@@ -316,3 +319,34 @@ def test_an_app_run_as_a_second_user_keeps_its_default_queue_private_from_a_thir
         return "could open the queue"
 
     assert run_as(other, peek) == "denied"
+
+
+def _pending_seen_by_another_process(path: str) -> int:
+    code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "print(c.execute(\"SELECT value FROM counters WHERE name = 'pending'\").fetchone()[0])")
+    return int(subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                              check=True, timeout=60).stdout)
+
+
+def test_opening_a_second_connection_keeps_the_first_ones_locks_so_events_outlive_another_process_closing(tmp_path):
+    # A worker's event writer holds a connection; the worker then opens another
+    # one (its helper supervisor) while a second process (a helper whose worker
+    # was killed) closes its last connection. If the second open had closed a
+    # descriptor of the file, the writer's locks would be gone, the closing
+    # process would delete the -wal as its last user, and the writer's later
+    # commits would land in the unlinked -wal: acknowledged, never seen, never counted.
+    path = str(tmp_path / "q" / "q.sqlite")
+    writer = QueueWriter(path, capacity=1000)
+    assert writer.submit(("first", 1.0, '{"a": 1}'))
+    assert writer.flush(60)
+    second = storage.connect(path)
+    code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT COUNT(*) FROM events').fetchall(); c.close()")
+    subprocess.run([sys.executable, "-c", code, path], check=True, timeout=60)
+    assert os.path.exists(path + "-wal"), "another process deleted the -wal our connections still use"
+    assert writer.submit(("second", 2.0, '{"a": 2}'))
+    assert writer.flush(60)
+    assert writer.committed == 2
+    assert _pending_seen_by_another_process(path) == 2
+    writer.close()
+    second.close()
