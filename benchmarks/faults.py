@@ -115,6 +115,10 @@ class Stage:
                  base_uri: Optional[str] = None) -> None:
         self.target, self.d = target, d
         self.stalled: List[str] = []  # phases that did not count their events in time
+        # Every load generator of this stage, stopped by close() whatever happened:
+        # one left running after a failed scenario would go on calling through httpx,
+        # which outgoing capture (patched process-wide in the test suite) then records.
+        self._loads: List[LoadGenerator] = []
         self.tmp = tempfile.mkdtemp(prefix="moesif-faults-")
         self.queue_dir = os.path.join(self.tmp, "queue")
         os.makedirs(self.queue_dir)
@@ -137,7 +141,9 @@ class Stage:
     def load(self) -> LoadGenerator:
         # A call counts as unanswered only after a minute: on a machine shared with
         # other work a slow answer is not a missing one.
-        return LoadGenerator(self.server.url, concurrency=self.d.concurrency, timeout=60.0)
+        gen = LoadGenerator(self.server.url, concurrency=self.d.concurrency, timeout=60.0)
+        self._loads.append(gen)
+        return gen
 
     def keep_loading(self, gen: LoadGenerator, name: str, calls: int, seconds: float,
                      until: Optional[Callable[[], Any]] = None) -> bool:
@@ -210,6 +216,8 @@ class Stage:
             return sum(1 for line in f if line.startswith(prefixes))
 
     def close(self) -> None:
+        for gen in self._loads:
+            gen.stop()
         self.server.stop()
         self.collector.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
