@@ -403,6 +403,17 @@ def scenario_queue_cap(target: Target, d: Durations) -> List[Outcome]:
         stage.close()
 
 
+def _remove_tree(path: str) -> None:
+    """rm -rf of a directory the workers write into: a writer that notices the
+    removal recreates its queue file at once, sometimes between rmtree's listing
+    and its rmdir ("Directory not empty"), so remove again until it is gone."""
+    for _ in range(100):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+    raise OSError(f"{path} kept coming back while it was being removed")
+
+
 def scenario_disk_trouble(target: Target, d: Durations) -> List[Outcome]:
     """6. The queue directory removed mid-load, later replaced by a plain file
     (unusable path; we run as root, so chmod would not stop us), then restored."""
@@ -412,10 +423,10 @@ def scenario_disk_trouble(target: Target, d: Durations) -> List[Outcome]:
         third = max(1, d.calls // 3)
         stage.keep_loading(gen, "before", third, d.load / 3)
         ok_before_removal = gen.ok
-        shutil.rmtree(stage.queue_dir)
+        _remove_tree(stage.queue_dir)
         stage.keep_loading(gen, "removed", third, d.load / 3, until=lambda: os.path.exists(stage.queue))
         recreated = os.path.exists(stage.queue)
-        shutil.rmtree(stage.queue_dir, ignore_errors=True)
+        _remove_tree(stage.queue_dir)
         with open(stage.queue_dir, "w") as f:  # now the directory cannot be created
             f.write("not a directory\n")
         stage.keep_loading(gen, "unusable", third, d.load / 3)
