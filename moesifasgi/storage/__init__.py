@@ -62,25 +62,24 @@ def is_corruption(exc: BaseException) -> bool:
 def is_damaged(exc: BaseException) -> bool:
     """True for "database disk image is malformed" only: a file that is SQLite and
     ours but damaged (is_corruption also accepts "not a database")."""
-    while exc is not None:
-        if isinstance(exc, sqlite3.DatabaseError):
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None:
-                return code & 0xFF == _SQLITE_CORRUPT
-            return "malformed" in str(exc)
-        exc = exc.__cause__  # type: ignore[assignment]
-    return False
+    return _sqlite_error_is(exc, _SQLITE_CORRUPT, "malformed")
 
 
 def is_disk_full(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) is SQLite's "database or disk is full"."""
+    return _sqlite_error_is(exc, _SQLITE_FULL, "database or disk is full")
+
+
+def _sqlite_error_is(exc: Optional[BaseException], primary_code: int, text: str) -> bool:
+    """True when the first SQLite error in `exc`'s chain of causes has this primary
+    result code (or, on Pythons without `sqlite_errorcode`, says `text`)."""
     while exc is not None:
         if isinstance(exc, sqlite3.DatabaseError):
             code = getattr(exc, "sqlite_errorcode", None)
             if code is not None:
-                return code & 0xFF == _SQLITE_FULL
-            return "database or disk is full" in str(exc)
-        exc = exc.__cause__  # type: ignore[assignment]
+                return code & 0xFF == primary_code
+            return text in str(exc)
+        exc = exc.__cause__
     return False
 
 
