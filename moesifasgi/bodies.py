@@ -174,15 +174,19 @@ def _gunzip(data: bytes, limit: int) -> Optional[Tuple[bytes, bool]]:
             return b"".join(out)[:limit], False
 
 
-def _charset(content_type: Optional[str]) -> Optional[str]:
+def declared_charset(content_type: Optional[str]) -> Optional[str]:
+    """The ``charset`` parameter of a Content-Type, lower-cased, or None."""
     if not content_type or "charset" not in content_type.lower():
         return None
     for param in content_type.split(";")[1:]:
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset":
-            charset = value.strip().strip('"').lower()
-            return None if charset in ("utf-8", "utf8", "us-ascii", "ascii") else charset
+            return value.strip().strip('"').lower() or None
     return None
+
+
+# Charsets whose bytes orjson parses as they are (it takes UTF-8, of which ASCII is a part).
+_JSON_AS_BYTES = frozenset(("utf-8", "utf8", "us-ascii", "ascii"))
 
 
 def _as_json(data: bytes, content_type: Optional[str]) -> Tuple[bool, Any]:
@@ -192,8 +196,8 @@ def _as_json(data: bytes, content_type: Optional[str]) -> Tuple[bool, Any]:
     if index == len(data) or data[index] not in _JSON_START:
         return False, None  # the common non-JSON case costs no exception
     try:
-        charset = _charset(content_type)
-        parsed = jsoncodec.loads(data.decode(charset) if charset else data)
+        charset = declared_charset(content_type)
+        parsed = jsoncodec.loads(data if charset is None or charset in _JSON_AS_BYTES else data.decode(charset))
         if data.count(b"[") + data.count(b"{") > _DEEP_ENOUGH_TO_CHECK:
             # Nested deeper than the event encoder can write (orjson stops at
             # 255 levels, the standard library at the recursion limit): any

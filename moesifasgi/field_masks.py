@@ -32,6 +32,7 @@ from typing import Any, Dict, FrozenSet, Iterable, Optional, Pattern, Tuple
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import jsoncodec
+from .bodies import declared_charset
 from .text_masks import MASK_MARKER, mask_multipart, mask_text, mask_xml
 
 __all__ = [
@@ -241,19 +242,9 @@ def _mask_value(value: Any, fields: FrozenSet[str], pattern: Pattern[str], names
     return value
 
 
-def _charset(content_type: Optional[str]) -> Optional[str]:
-    if not content_type or "charset" not in content_type.lower():
-        return None
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower() or None
-    return None
-
-
 def _decode(data: bytes, content_type: Optional[str]) -> Tuple[str, str]:
     """The body as text and the codec that gives the same bytes back."""
-    for codec in (_charset(content_type), "utf-8"):
+    for codec in (declared_charset(content_type), "utf-8"):
         if codec:
             try:
                 return data.decode(codec), codec
@@ -277,7 +268,7 @@ def _mask_base64(body: str, fields: FrozenSet[str], pattern: Pattern[str], names
         if match is not None:
             data, tail = data[: match.start()], data[match.start():]
     form = "x-www-form-urlencoded" in (content_type or "").lower()
-    charset = _charset(content_type)
+    charset = declared_charset(content_type)
     if charset in (None, "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1"):
         # The usual case, decided on the bytes without decoding them: no masked name in them.
         if not _may_hold_bytes(data, names, form):
