@@ -117,8 +117,11 @@ def _http_error_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {body}" if body else f"HTTP {response.status_code}"
 
 
-def _gzip_body(rows: Sequence[str]) -> bytes:
-    raw = ("[" + ",".join(rows) + "]").encode("utf-8")
+def _gzip_body(rows: Sequence[Union[str, bytes]]) -> bytes:
+    if rows and isinstance(rows[0], str):  # profiles; event rows come as UTF-8 bytes
+        raw = ("[" + ",".join(rows) + "]").encode("utf-8")  # type: ignore[arg-type]
+    else:
+        raw = b"[" + b",".join(rows) + b"]"  # type: ignore[arg-type]
     # mtime=0 keeps the output deterministic (tests, and identical retries).
     return gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0)
 
@@ -158,8 +161,9 @@ class MoesifClient:
     def _url(self, path: str) -> str:
         return self.base_uri + (path if path.startswith("/") else "/" + path)
 
-    async def post_batch(self, path: str, rows: Sequence[str], application_id: Optional[str] = None) -> PostResult:
-        """POST ``rows`` (JSON texts) as one gzipped JSON array, under ``application_id``
+    async def post_batch(self, path: str, rows: Sequence[Union[str, bytes]],
+                         application_id: Optional[str] = None) -> PostResult:
+        """POST ``rows`` (JSON texts, or comma-joined runs of them) as one gzipped JSON array, under ``application_id``
         when given (events recorded by another app sharing the queue), else the client's."""
         joined_len = sum(len(r) for r in rows)
         if joined_len >= _THREAD_COMPRESS_BYTES:
@@ -189,7 +193,7 @@ class MoesifClient:
             error=None if outcome == OK else _http_error_text(response),
         )
 
-    async def post_events(self, rows: Sequence[str], application_id: Optional[str] = None) -> PostResult:
+    async def post_events(self, rows: Sequence[Union[str, bytes]], application_id: Optional[str] = None) -> PostResult:
         return await self.post_batch("/v1/events/batch", rows, application_id)
 
     async def post_users(self, rows: Sequence[str]) -> PostResult:
