@@ -119,11 +119,16 @@ def start_collector() -> tuple:
 async def drain(path: str, url: str, batch_size: int, concurrency: int, db_in_loop: bool) -> tuple:
     options = FlusherOptions(batch_size=batch_size, concurrency=concurrency, db_in_loop=db_in_loop)
     flusher = Flusher(path, "benchmark-app", url, options)
+    db_cpu = None
+    if hasattr(flusher, "db") and not getattr(flusher.db, "in_loop", True):
+        db_cpu = await flusher.db.run(lambda conn: time.thread_time())  # the database thread's CPU so far
     started = time.perf_counter()
     stats = await flusher.drain()
     elapsed = time.perf_counter() - started
+    if db_cpu is not None:
+        db_cpu = await flusher.db.run(lambda conn: time.thread_time()) - db_cpu
     await flusher.aclose()
-    return stats, elapsed
+    return stats, elapsed, db_cpu
 
 
 def _read_bodies(path: str) -> list:
@@ -219,7 +224,7 @@ def _run(args: argparse.Namespace, path: str) -> int:
         rss_before = peak_rss_kb()
         usage_before, collector_before = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(collector.pid)
         in_loop = args.batch_size <= 50 if args.db_thread == "auto" else args.db_thread == "no"
-        stats, elapsed = asyncio.run(drain(path, url, args.batch_size, args.concurrency, in_loop))
+        stats, elapsed, db_cpu = asyncio.run(drain(path, url, args.batch_size, args.concurrency, in_loop))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         rss_peak = peak_rss_kb()
         flusher_cpu = usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime
@@ -240,6 +245,9 @@ def _run(args: argparse.Namespace, path: str) -> int:
     print(f"drain / posting limit: {rate / limit if limit else 0:.2f}")
     print(f"flusher CPU per event: {flusher_cpu / max(1, stats.sent) * 1e6:.1f} µs "
           f"(posting alone: {post_cpu / max(1, posted) * 1e6:.1f} µs)")
+    if db_cpu:
+        print(f"  of which the queue's database thread (claim, ack, SQLite): {db_cpu / max(1, stats.sent) * 1e6:.1f} µs, "
+              f"the event loop (posting, gzip, the rest): {(flusher_cpu - db_cpu) / max(1, stats.sent) * 1e6:.1f} µs")
     print(f"flusher peak RSS: {rss_peak / 1024:.1f} MB (before the drain: {rss_before / 1024:.1f} MB)")
     print("collector: " + (summary[-1] if summary else "?"))
     return 0 if stats.remaining == 0 else 1
