@@ -13,19 +13,37 @@ from .multipart import MultipartSummary
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
 
 
+# The last second formatted, with its trailing dot: most calls fall in the same
+# second as the previous one. One tuple, replaced whole (threads may share it).
 _second_cache: Tuple[int, str] = (-1, "")
+_MILLIS = tuple("%03d" % i for i in range(1000))
+
+
+def _second_prefix(seconds: int) -> str:
+    global _second_cache
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return prefix
 
 
 def format_time(timestamp: float) -> str:
     """UTC ISO 8601 with milliseconds, as Moesif expects: 2026-11-24T00:24:01.412."""
-    global _second_cache
     seconds = int(timestamp)
-    cached_second, prefix = _second_cache
-    if cached_second != seconds:
-        # Most calls fall in the same second as the previous one: format it once.
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second_cache = (seconds, prefix)
-    return "%s.%03d" % (prefix, int((timestamp - seconds) * 1000))
+    return _second_prefix(seconds) + _MILLIS[int((timestamp - seconds) * 1000)]
+
+
+def format_times(started: float, finished: float) -> Tuple[str, str]:
+    """format_time() of both, the second's text made once when they share it (most
+    calls): a third of the cost of two format_time() calls, once per call."""
+    seconds = int(started)
+    prefix = _second_prefix(seconds)
+    finished_second = int(finished)
+    if finished_second != seconds:
+        return prefix + _MILLIS[int((started - seconds) * 1000)], format_time(finished)
+    return (prefix + _MILLIS[int((started - seconds) * 1000)],
+            prefix + _MILLIS[int((finished - finished_second) * 1000)])
 
 
 def route_of(uri: str) -> str:
@@ -81,10 +99,7 @@ def build_event(
         request_headers[TRANSACTION_HEADER] = exchange.transaction_id
     started_at = exchange.started_at
     finished_at = exchange.finished_at or time.time()
-    request_time = format_time(started_at)
-    # Most calls start and end within one second: its text is reused.
-    response_time = (request_time[:-3] + "%03d" % int((finished_at - int(finished_at)) * 1000)
-                     if int(finished_at) == int(started_at) else format_time(finished_at))
+    request_time, response_time = format_times(started_at, finished_at)
     request: Dict[str, Any] = {
         "time": request_time,
         "uri": exchange.uri,
