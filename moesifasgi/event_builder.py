@@ -6,11 +6,14 @@ Field names, time format and body encoding follow Moesif's collector API
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
 from .bodies import BodyBuffer, encode_body
 from .multipart import MultipartSummary
 from .capture import TRANSACTION_HEADER, Exchange, decode_headers
+
+if TYPE_CHECKING:  # recording imports this module (through pipeline)
+    from .recording import Identity
 
 
 # The last second formatted, with its trailing dot: most calls fall in the same
@@ -80,17 +83,8 @@ def add_optional_fields(event: Dict[str, Any], **fields: Any) -> None:
             event[name] = value
 
 
-def build_event(
-    exchange: Exchange,
-    *,
-    api_version: Optional[str],
-    user_id: Optional[str],
-    company_id: Optional[str],
-    session_token: Optional[str],
-    metadata: Any,
-    blocked_by: Optional[str] = None,
-    weight: Optional[int] = None,
-) -> Dict[str, Any]:
+def build_event(exchange: Exchange, identity: Identity, api_version: Optional[str]) -> Dict[str, Any]:
+    """The incoming call's event, with what the callbacks and sampling gave (`identity`)."""
     # Built as literals with the optional fields tested inline: this runs once per
     # call on the app's event loop, where every helper call and **kwargs dict shows.
     request_headers = exchange.request_headers
@@ -135,6 +129,7 @@ def build_event(
         "direction": "Incoming",
         "transaction_id": exchange.transaction_id,
     }
+    user_id, company_id, session_token, metadata, weight = identity
     if user_id is not None:
         event["user_id"] = user_id
     if company_id is not None:
@@ -143,8 +138,8 @@ def build_event(
         event["session_token"] = session_token
     if metadata is not None:
         event["metadata"] = metadata
-    if blocked_by is not None:
-        event["blocked_by"] = blocked_by
+    if exchange.blocked_by is not None:
+        event["blocked_by"] = exchange.blocked_by
     if weight is not None:
         event["weight"] = weight
     return event
