@@ -25,6 +25,7 @@ Multipart uploads are summarised as they stream, by :mod:`.multipart`.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import re
 import zlib
@@ -216,7 +217,8 @@ def _as_json(data: bytes, content_type: Optional[str]) -> Tuple[bool, Any]:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # binascii directly: base64.b64encode is a Python wrapper around this call.
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def encode_body(

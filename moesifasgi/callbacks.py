@@ -163,9 +163,14 @@ def request_for(exchange: Exchange) -> Request:
     """A Starlette Request over the captured scope whose body()/json()/form() never
     touch the client's stream: the captured body, or b"" when it was not kept."""
     request = CallbackRequest(exchange.scope, _nothing_more)
-    body = exchange.request_body_bytes()
-    request._body = b"" if body is None else body  # Starlette's own cache attribute for body()
     summary = exchange.request_body
+    if summary is None:  # no body came (most calls): nothing more to look at
+        request._body = b""  # Starlette's own cache attribute for body()
+        if "content-type" in exchange.request_headers and is_multipart(exchange.request_headers["content-type"]):
+            request._form = FormData()  # an upload the app never read: nothing was kept
+        return request
+    body = exchange.request_body_bytes()
+    request._body = b"" if body is None else body
     if isinstance(summary, MultipartSummary):
         pairs = []
         for name, value in summary.result().items():

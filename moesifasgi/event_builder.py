@@ -41,7 +41,9 @@ def format_times(started: float, finished: float) -> Tuple[str, str]:
     """format_time() of both, the second's text made once when they share it (most
     calls): a third of the cost of two format_time() calls, once per call."""
     seconds = int(started)
-    prefix = _second_prefix(seconds)
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        prefix = _second_prefix(seconds)
     finished_second = int(finished)
     if finished_second != seconds:
         return prefix + _MILLIS[int((started - seconds) * 1000)], format_time(finished)
