@@ -15,7 +15,6 @@ from inspect import isawaitable
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from .callbacks import CallbackTimeout, settle
-from .event_builder import route_of
 from .field_masks import loggable_url
 from .pipeline import EventPipeline
 from .sync_bridge import is_async_callable
@@ -131,8 +130,7 @@ class RecordingSequence:
         company_id = None if company_id is None else str(company_id)
 
         weight = self.pipeline.sample(
-            verb=verb, route=route_of(uri), ip_address=ip_address, status=status,
-            user_id=user_id, company_id=company_id,
+            verb=verb, uri=uri, ip_address=ip_address, status=status, user_id=user_id, company_id=company_id,
         )
         if weight is None:
             return None  # sampled out
