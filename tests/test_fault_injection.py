@@ -27,7 +27,7 @@ OURS = faults.Target("ours", sys.executable)
 # Each scenario starts once every worker answers and moves on when the load
 # generator has counted its calls (150 per scenario) and the fault was met, so a
 # slow machine makes it longer, not wrong; the seconds below are only minimums.
-# About 60 s for the six scenarios on an idle 2-core machine. The leader scenario
+# About 45 s for the six scenarios on an idle 2-core machine. The leader scenario
 # waits out the lease of the killed leader: 3 s here (renewed every second)
 # instead of 10 s, with the workers looking every 0.5 s instead of 3 s; what it
 # checks is the same. The deadlines (phase_timeout, deliver_timeout) end as soon
