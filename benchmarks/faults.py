@@ -57,6 +57,11 @@ class Durations:
     concurrency: int = 8
     cap: int = 300              # scenario 5: EVENT_QUEUE_SIZE
     phase_timeout: float = 120.0
+    # Scenario 3: the helper's lease and the workers' check interval, when not the
+    # defaults (10 s, 3 s); the test suite shortens them so that the killed leader
+    # is replaced in seconds (internal knobs of helper_supervisor.py).
+    lease: Optional[float] = None
+    helper_check: Optional[float] = None
 
     @classmethod
     def short(cls) -> "Durations":
@@ -311,7 +316,12 @@ def scenario_kill_leader(target: Target, d: Durations) -> List[Outcome]:
     With the default FLUSHER "embedded" the leader is the helper process a worker
     started, not a serving worker, so the default durability is used: what is
     measured is the flusher's in-flight batch and its replacement by a new helper."""
-    stage = Stage(target, d)
+    env: Dict[str, str] = {}
+    if d.lease is not None:
+        env["_MOESIF_HELPER_LEASE_SECONDS"] = repr(d.lease)
+    if d.helper_check is not None:
+        env["_MOESIF_HELPER_CHECK_INTERVAL"] = repr(d.helper_check)
+    stage = Stage(target, d, env)
     try:
         gen = stage.load().start()
         found: Dict[str, Optional[int]] = {"leader": None}
