@@ -57,6 +57,11 @@ class Durations:
     concurrency: int = 8
     cap: int = 300              # scenario 5: EVENT_QUEUE_SIZE
     phase_timeout: float = 120.0
+    # Scenario 3: the helper's lease and the workers' check interval, when not the
+    # defaults (10 s, 3 s); the test suite shortens them so that the killed leader
+    # is replaced in seconds (internal knobs of helper_supervisor.py).
+    lease: Optional[float] = None
+    helper_check: Optional[float] = None
 
     @classmethod
     def short(cls) -> "Durations":
@@ -180,19 +185,40 @@ class Stage:
         return sum(1 for _m, path, status, _n in list(self.collector.request_log)
                    if status in statuses and path.startswith("/v1/events"))
 
+    def queue_drained(self) -> bool:
+        """Ours: nothing is left in the queue file to post (no event pending, no batch
+        claimed by a live or dead flusher)."""
+        st = self.status()
+        return st.get("pending") == 0 and st.get("in_flight") == 0
+
     def wait_delivered(self, ids: List[str], since: float, timeout: Optional[float] = None) -> float:
-        """Wait until every id arrived (ours), or until nothing new came for `quiet`
-        seconds (the original, which never re-sends); the seconds from `since` to the last event."""
+        """Wait until every id arrived, or until no more can arrive: for ours, the
+        queue file stayed drained for `quiet` seconds with no new event (an id still
+        missing then was never committed, e.g. by a worker killed inside its commit
+        window, and waiting out the deadline would not bring it); for the original,
+        which never re-sends, nothing new for `quiet` seconds. The seconds from
+        `since` to the last event."""
         wanted = set(ids)
         deadline = time.monotonic() + (timeout or self.d.deliver_timeout)
         last_count, last_change, last_event_at = -1, time.monotonic(), since
+        drained_since: Optional[float] = None
         while time.monotonic() < deadline:
             count = self.collector.event_count
             if count != last_count:
                 last_count, last_change, last_event_at = count, time.monotonic(), time.monotonic()
+                drained_since = None
                 if wanted <= self.received()[0]:
                     break
-            elif self.target.name != "ours" and time.monotonic() - last_change > self.d.quiet:
+            elif self.target.name != "ours":
+                if time.monotonic() - last_change > self.d.quiet:
+                    break
+            elif not os.path.exists(self.queue) or not self.queue_drained():
+                drained_since = None
+            elif self.collector.event_count != last_count:
+                continue  # an event came while the status was read: look again
+            elif drained_since is None:
+                drained_since = time.monotonic()
+            elif time.monotonic() - drained_since >= self.d.quiet:
                 break
             time.sleep(0.2)
         return max(0.0, last_event_at - since)
@@ -290,7 +316,12 @@ def scenario_kill_leader(target: Target, d: Durations) -> List[Outcome]:
     With the default FLUSHER "embedded" the leader is the helper process a worker
     started, not a serving worker, so the default durability is used: what is
     measured is the flusher's in-flight batch and its replacement by a new helper."""
-    stage = Stage(target, d)
+    env: Dict[str, str] = {}
+    if d.lease is not None:
+        env["_MOESIF_HELPER_LEASE_SECONDS"] = repr(d.lease)
+    if d.helper_check is not None:
+        env["_MOESIF_HELPER_CHECK_INTERVAL"] = repr(d.helper_check)
+    stage = Stage(target, d, env)
     try:
         gen = stage.load().start()
         found: Dict[str, Optional[int]] = {"leader": None}

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -69,11 +70,17 @@ def jwt(sub: str) -> str:
     return f"{part({'alg': 'none'})}.{part({'sub': sub})}.sig"
 
 
-def send_burst(base: str, rounds: int) -> int:
-    """Send varied requests; return how many should become events."""
+def send_burst(base: str, rounds: int, clients: int = 4) -> int:
+    """Send varied requests from `clients` clients at once (as a real app is
+    called); return how many should become events."""
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(lambda n: _send_rounds(base, range(n, rounds, clients)), range(clients)))
+
+
+def _send_rounds(base: str, rounds: range) -> int:
     expected = 0
     with httpx.Client(base_url=base, timeout=60) as client:
-        for i in range(rounds):
+        for i in rounds:
             checks = [
                 client.get(f"/items/{i}", params={"q": "demo"}, headers={"x-company-id": "acme"}),
                 client.post("/orders", json={"items": [i], "card_number": "4111111111111111"},

@@ -25,6 +25,7 @@ Multipart uploads are summarised as they stream, by :mod:`.multipart`.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import re
 import zlib
@@ -58,6 +59,7 @@ _JSON_START = frozenset(b"{[")
 # Fewer brackets than this cannot nest deep enough to defeat the encoder.
 _DEEP_ENOUGH_TO_CHECK = 250
 _LEADING_SPACE = re.compile(rb"[ \t\r\n]*")  # JSON's whitespace, scanned in C
+_JSON_SPACE = frozenset(b" \t\r\n")
 
 
 
@@ -191,10 +193,15 @@ _JSON_AS_BYTES = frozenset(("utf-8", "utf8", "us-ascii", "ascii"))
 
 def _as_json(data: bytes, content_type: Optional[str]) -> Tuple[bool, Any]:
     """Parse ``data`` as JSON when it looks like JSON; ``(False, None)`` if not."""
-    spaces = _LEADING_SPACE.match(data)
-    index = spaces.end() if spaces else 0
-    if index == len(data) or data[index] not in _JSON_START:
-        return False, None  # the common non-JSON case costs no exception
+    first = data[0]
+    if first not in _JSON_START:
+        # The common cases, tested without the regex: JSON that starts at once,
+        # and text that cannot be JSON. Leading whitespace takes the scan.
+        if first not in _JSON_SPACE:
+            return False, None  # the common non-JSON case costs no exception
+        index = _LEADING_SPACE.match(data).end()  # type: ignore[union-attr]
+        if index == len(data) or data[index] not in _JSON_START:
+            return False, None
     try:
         charset = declared_charset(content_type)
         parsed = jsoncodec.loads(data if charset is None or charset in _JSON_AS_BYTES else data.decode(charset))
@@ -210,7 +217,8 @@ def _as_json(data: bytes, content_type: Optional[str]) -> Tuple[bool, Any]:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # binascii directly: base64.b64encode is a Python wrapper around this call.
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def encode_body(

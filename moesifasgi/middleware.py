@@ -247,16 +247,7 @@ class MoesifMiddleware:
             return request_for(exchange), response_for(exchange)
 
         def build(identity: Identity) -> Dict[str, Any]:
-            return build_event(
-                exchange,
-                api_version=s.api_version,
-                user_id=identity.user_id,
-                company_id=identity.company_id,
-                session_token=identity.session_token,
-                metadata=identity.metadata,
-                blocked_by=exchange.blocked_by,
-                weight=identity.weight,
-            )
+            return build_event(exchange, identity, s.api_version)
 
         def fallback_user_id() -> Optional[str]:
             return user_id_from_authorization(

@@ -16,6 +16,7 @@ from . import jsoncodec
 from .bodies import truncation_marker
 from .callbacks import CallbackTimeout
 from .diagnostics import problems
+from .event_builder import route_of
 from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
 from .per_process import current_pid
@@ -62,13 +63,19 @@ class EventPipeline:
         return self.writer.shared
 
     def sample(
-        self, *, verb: str, route: str, ip_address: Optional[str], status: Optional[int],
-        user_id: Optional[str], company_id: Optional[str],
+        self, *, verb: str, route: Optional[str] = None, ip_address: Optional[str], status: Optional[int],
+        user_id: Optional[str], company_id: Optional[str], uri: Optional[str] = None,
     ) -> Optional[int]:
-        """The event's weight under Moesif's sampling config, or None when it is sampled out."""
+        """The event's weight under Moesif's sampling config, or None when it is sampled out.
+
+        The rules match on the route: give it, or the full `uri` to take it from
+        (only when there are rules to match).
+        """
         sampling = self.writer.shared.sampling
         if sampling is None:
             return 1
+        if route is None:
+            route = route_of(uri or "/")
         rate = sampling.rate(
             verb=verb, route=route, ip_address=ip_address, status=status, user_id=user_id, company_id=company_id
         )
@@ -156,8 +163,14 @@ class EventPipeline:
         masker = self._outgoing_masker if event.get("direction") == "Outgoing" else self._incoming_masker
         if masker is not None:
             masker.apply(event)
-        row = self._row(event)
-        return row is not None and self.writer.submit(row)
+        try:
+            text = _encode(event)
+        except (TypeError, ValueError, RecursionError):
+            text = None  # encode() below repairs it
+        if text is None or len(text) > MAX_EVENT_CHARS:
+            row = self._row(event)
+            return row is not None and self.writer.submit(row)
+        return self.writer.submit((str(event["transaction_id"]), time.time(), text))
 
     def _row(self, event: Dict[str, Any]) -> Optional[Tuple[str, float, str]]:
         text = self.encode(event)

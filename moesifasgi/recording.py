@@ -15,7 +15,6 @@ from inspect import isawaitable
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from .callbacks import CallbackTimeout, settle
-from .event_builder import route_of
 from .field_masks import loggable_url
 from .pipeline import EventPipeline
 from .sync_bridge import is_async_callable
@@ -69,18 +68,9 @@ class RecordingSequence:
         """When this call's callbacks (MASK_EVENT_MODEL included) must have finished."""
         return time.monotonic() + self.timeout
 
-    def _call(self, name: str, function: Callable[..., Any], request: Any, response: Any) -> Any:
-        """Call a callback: its result (an awaitable one as is, for `_settle`), or
-        _MISSING when it raised.
-
-        Plain functions, the common case, never make a coroutine: on the app's
-        event loop each coroutine and await per call adds up.
-        """
-        try:
-            return function(request, response)
-        except Exception as exc:
-            self._raised(name, exc)
-            return _MISSING
+    # Callbacks are called inline, each in its own try (a raise leaves _MISSING):
+    # plain functions, the common case, never make a coroutine or an extra frame,
+    # on the app's event loop where each adds up.
 
     async def _settle(self, name: str, result: Any, deadline: float) -> Any:
         """An awaitable callback result, or _MISSING when it raised or ran out of time."""
@@ -109,21 +99,33 @@ class RecordingSequence:
         c = self.callbacks
         names = self._names
         if c.skip is not None:
-            skipped = self._call(names[0], c.skip, request, response)
+            try:
+                skipped = c.skip(request, response)
+            except Exception as exc:
+                self._raised(names[0], exc)
+                skipped = _MISSING
             if type(skipped) not in _PLAIN and isawaitable(skipped):
                 skipped = await self._settle(names[0], skipped, deadline)
             if skipped is not _MISSING and skipped:
                 return None
         user_id = company_id = session_token = metadata = None
         if c.identify_user is not None:
-            value = self._call(names[1], c.identify_user, request, response)
+            try:
+                value = c.identify_user(request, response)
+            except Exception as exc:
+                self._raised(names[1], exc)
+                value = _MISSING
             if type(value) not in _PLAIN and isawaitable(value):
                 value = await self._settle(names[1], value, deadline)
             user_id = None if value is _MISSING else value
         if not user_id and fallback_user_id is not None:
             user_id = fallback_user_id()
         if c.identify_company is not None:
-            value = self._call(names[2], c.identify_company, request, response)
+            try:
+                value = c.identify_company(request, response)
+            except Exception as exc:
+                self._raised(names[2], exc)
+                value = _MISSING
             if type(value) not in _PLAIN and isawaitable(value):
                 value = await self._settle(names[2], value, deadline)
             company_id = None if value is _MISSING else value
@@ -131,19 +133,26 @@ class RecordingSequence:
         company_id = None if company_id is None else str(company_id)
 
         weight = self.pipeline.sample(
-            verb=verb, route=route_of(uri), ip_address=ip_address, status=status,
-            user_id=user_id, company_id=company_id,
+            verb=verb, uri=uri, ip_address=ip_address, status=status, user_id=user_id, company_id=company_id,
         )
         if weight is None:
             return None  # sampled out
 
         if c.get_session_token is not None:
-            value = self._call(names[3], c.get_session_token, request, response)
+            try:
+                value = c.get_session_token(request, response)
+            except Exception as exc:
+                self._raised(names[3], exc)
+                value = _MISSING
             if type(value) not in _PLAIN and isawaitable(value):
                 value = await self._settle(names[3], value, deadline)
             session_token = None if value is _MISSING or value is None else str(value)
         if c.get_metadata is not None:
-            value = self._call(names[4], c.get_metadata, request, response)
+            try:
+                value = c.get_metadata(request, response)
+            except Exception as exc:
+                self._raised(names[4], exc)
+                value = _MISSING
             if type(value) not in _PLAIN and isawaitable(value):
                 value = await self._settle(names[4], value, deadline)
             metadata = None if value is _MISSING else value
@@ -160,7 +169,7 @@ class RecordingSequence:
         turns the callbacks' results into the event.
         """
         try:
-            deadline = self.deadline()
+            deadline = time.monotonic() + self.timeout
             request, response = arguments() if self._needs_arguments else (None, None)
             identity = await self.identify(
                 request, response, verb=verb, uri=uri, ip_address=ip_address, status=status,

@@ -178,3 +178,20 @@ def test_the_helper_does_not_import_the_middleware_stack():
     from moesifasgi import MoesifMiddleware, update_user  # the public names still resolve
 
     assert MoesifMiddleware.__name__ == "MoesifMiddleware" and callable(update_user)
+
+
+def test_helper_timings_come_from_the_internal_environment_variables_only_when_they_are_set(monkeypatch):
+    # benchmarks/faults.py shortens the lease of scenario 3 this way; unset or
+    # unusable, the production defaults hold.
+    from moesifasgi.delivery.helper_supervisor import CHECK_INTERVAL
+    from moesifasgi.delivery.lease import LEASE_SECONDS
+
+    monkeypatch.delenv("_MOESIF_HELPER_LEASE_SECONDS", raising=False)
+    monkeypatch.delenv("_MOESIF_HELPER_CHECK_INTERVAL", raising=False)
+    assert (HelperOptions().lease_seconds, HelperOptions().check_interval) == (LEASE_SECONDS, CHECK_INTERVAL)
+    monkeypatch.setenv("_MOESIF_HELPER_LEASE_SECONDS", "3")
+    monkeypatch.setenv("_MOESIF_HELPER_CHECK_INTERVAL", "0.5")
+    assert (HelperOptions().lease_seconds, HelperOptions().check_interval) == (3.0, 0.5)
+    for unusable in ("soon", "0", "-1"):
+        monkeypatch.setenv("_MOESIF_HELPER_LEASE_SECONDS", unusable)
+        assert HelperOptions().lease_seconds == LEASE_SECONDS

@@ -5,7 +5,8 @@ process, makes calls, takes the queue file's write lock so that the worker's
 writer is held back (as another worker or the flusher would), sends SIGTERM to
 the server while slow calls are in flight, releases the lock, and once the
 server has exited reads the queue file: every call whose response the client
-received in full must be there, with its transaction id.
+received in full must be there, with its transaction id. The selected cases run
+side by side, three at a time (the `stops` fixture); each test checks its own.
 
 The fast subset below runs with the rest of the suite. The whole matrix:
 
@@ -22,7 +23,10 @@ import signal
 import sqlite3
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -80,6 +84,8 @@ FAST_CALLS_LOCKED = 2
 LOCK_HELD_AFTER_ANSWERS = 2.0
 STARTUP_DEADLINE = 90.0
 EXIT_DEADLINE = 90.0
+# Cases run side by side (see the `stops` fixture): the fast subset at once.
+CONCURRENT_CASES = 3
 
 
 def _started(marks: str) -> int:
@@ -100,12 +106,21 @@ def _cases():
             yield pytest.param(framework, server, marks=marks, id=f"{framework}-{server}")
 
 
-@pytest.mark.parametrize("framework, server", list(_cases()))
-def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, framework, server):
-    module, needs = FRAMEWORKS[framework]
-    missing = _missing(needs + SERVERS[server])
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (pip install -e '.[test,matrix]')")
+@dataclass
+class _Stop:
+    """What one case saw: every call it made, when SIGTERM went, how the server ended."""
+    calls: List[Call]
+    signalled_at: float
+    returncode: Optional[int]
+    stopped: bool
+    recorded: Set[str]
+    server_log: str
+
+
+def _stop_under_calls(framework: str, server: str, tmp_path: Path) -> _Stop:
+    """Start the server, make the calls, SIGTERM it under slow calls with the
+    writer held back, and read what the queue file holds once it has exited."""
+    module, _needs = FRAMEWORKS[framework]
     queue = str(tmp_path / "queue.sqlite")
     marks = str(tmp_path / "slow-started")
     port = free_port()
@@ -157,16 +172,47 @@ def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(tmp_path, fr
         if proc.poll() is None:
             kill_server(proc)
         log.close()
+    return _Stop(calls, signalled_at, proc.returncode, stopped, set(recorded_ids(queue)),
+                 (tmp_path / "server.log").read_text(errors="replace")[-4000:])
 
-    answered = [c for c in calls if c.answered]
-    recorded = set(recorded_ids(queue))
-    lost = [c.path for c in answered if c.transaction_id not in recorded]
-    during_stop = [c for c in answered if c.path == "/slow" and c.finished_at > signalled_at]
-    _report(framework, server, len(answered), len([c for c in answered if c.transaction_id in recorded]),
-            len(during_stop), proc.returncode, stopped)
-    server_log = (tmp_path / "server.log").read_text(errors="replace")[-4000:]
-    assert all(c.transaction_id for c in answered), server_log
-    assert not lost, f"{len(lost)} of {len(answered)} answered calls are not in the queue: {lost}\n{server_log}"
+
+@pytest.fixture(scope="module")
+def stops(request, tmp_path_factory) -> Iterator[Dict[Tuple[str, str], "Future[_Stop]"]]:
+    """Every selected case, started at once (CONCURRENT_CASES at a time), each test
+    then checking its own. A case spends most of its ~10 s waiting (a slow call, the
+    held lock, the server's stop), so one after another they mostly waited; each
+    has its own server, port, queue file and lock, as when run alone."""
+    cases = []
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if getattr(item, "originalname", None) == _CASE_TEST and callspec is not None:
+            framework, server = callspec.params["framework"], callspec.params["server"]
+            if not _missing(FRAMEWORKS[framework][1] + SERVERS[server]):
+                cases.append((framework, server))
+    with ThreadPoolExecutor(CONCURRENT_CASES, thread_name_prefix="matrix-case") as pool:
+        yield {(framework, server): pool.submit(_stop_under_calls, framework, server,
+                                                tmp_path_factory.mktemp(f"{framework}-{server}"))
+               for framework, server in cases}
+
+
+@pytest.mark.parametrize("framework, server", list(_cases()))
+def test_every_call_answered_during_a_graceful_stop_is_in_the_queue(stops, framework, server):
+    module, needs = FRAMEWORKS[framework]
+    missing = _missing(needs + SERVERS[server])
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (pip install -e '.[test,matrix]')")
+    run = stops[(framework, server)].result()
+
+    answered = [c for c in run.calls if c.answered]
+    lost = [c.path for c in answered if c.transaction_id not in run.recorded]
+    during_stop = [c for c in answered if c.path == "/slow" and c.finished_at > run.signalled_at]
+    _report(framework, server, len(answered), len([c for c in answered if c.transaction_id in run.recorded]),
+            len(during_stop), run.returncode, run.stopped)
+    assert all(c.transaction_id for c in answered), run.server_log
+    assert not lost, f"{len(lost)} of {len(answered)} answered calls are not in the queue: {lost}\n{run.server_log}"
+
+
+_CASE_TEST = test_every_call_answered_during_a_graceful_stop_is_in_the_queue.__name__
 
 
 def _report(framework: str, server: str, answered: int, recorded: int, during_stop: int, code: Optional[int],

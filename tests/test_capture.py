@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from typing import Any, List, Tuple
+
+import pytest
+
+from moesifasgi.callbacks import request_for, response_for
+from moesifasgi.capture import Exchange, new_transaction_id
+
+
+def test_transaction_ids_are_version_4_uuids_in_canonical_form_and_never_repeat() -> None:
+    ids = [new_transaction_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:50] + ids[-50:]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+
+
+def _ids_in_child(out: Any) -> None:
+    out.put([new_transaction_id() for _ in range(100)])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_draws_transaction_ids_of_its_own() -> None:
+    before = new_transaction_id()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_ids_in_child, args=(out,))
+    child.start()
+    theirs = out.get(timeout=60)
+    child.join(60)
+    ours = [new_transaction_id() for _ in range(100)]
+    assert not set(theirs) & set(ours)
+    # Not merely different values: the child's ids share none of the per-process prefix.
+    assert theirs[0][:24] != before[:24] and ours[0][:24] == before[:24]
+
+
+def _exchange(request_headers: List[Tuple[bytes, bytes]], response_headers: List[Tuple[bytes, bytes]],
+              body: bytes) -> Exchange:
+    scope = {"type": "http", "method": "GET", "scheme": "http", "path": "/a", "raw_path": b"/a",
+             "root_path": "", "query_string": b"", "headers": request_headers,
+             "server": ("127.0.0.1", 8000), "client": ("10.0.0.1", 5000)}
+
+    async def receive() -> Any:
+        return {"type": "http.disconnect"}
+
+    exchange = Exchange(scope, receive, log_body=True, body_limit=1000, use_transaction_id=True)
+    exchange.on_response_start({"type": "http.response.start", "status": 201, "headers": response_headers})
+    exchange.on_response_body({"type": "http.response.body", "body": body})
+    return exchange
+
+
+def test_callbacks_read_headers_as_starlette_answers_them_missing_and_repeated_names_included() -> None:
+    exchange = _exchange([(b"x-user-id", b"ann"), (b"x-tag", b"one"), (b"x-tag", b"two")],
+                         [(b"content-type", b"application/json; charset=utf-8"), (b"set-cookie", b"a=1"),
+                          (b"set-cookie", b"b=2")], b'{"ok": true}')
+    request, response = request_for(exchange), response_for(exchange)
+    assert request.headers.get("X-User-Id") == "ann"
+    assert request.headers.get("x-tag") == "one"  # the first, as Starlette's Headers gives it
+    assert request.headers.getlist("x-tag") == ["one", "two"]
+    assert request.headers.get("authorization") is None
+    assert request.headers.get("authorization", "none") == "none"
+    assert "x-user-id" in request.headers and "authorization" not in request.headers
+    assert response.status_code == 201
+    assert response.headers.get("set-cookie") == "a=1"
+    assert response.headers.get("x-missing") is None
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert response.media_type == "application/json"
+    assert response.body == b'{"ok": true}'
+
+
+def test_the_response_callbacks_get_has_no_body_when_none_was_kept() -> None:
+    exchange = _exchange([], [], b"")
+    exchange.response_body = None
+    response = response_for(exchange)
+    assert response.body is None and response.media_type is None and response.status_code == 201
+    exchange.status = None
+    assert response_for(exchange).status_code == 500
