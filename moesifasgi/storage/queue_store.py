@@ -15,10 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from moesifasgi.storage import immediate
 from moesifasgi.storage.claims import EVENTS, delete_sent, give_back, ids_json, move_to_dead_letters
+from moesifasgi.storage.segments import (  # noqa: F401  (Row, StoredEvent, split_segment, stored_events: re-exported)
+    SEGMENT_SQL, ROW_COLUMNS, Row, StoredEvent, cut, cut_row, row_from, segment_columns, split_segment, split_to_fit,
+    stored_events,
+)
 
 # Moesif refuses batches over 50 MB whatever the compression; the brackets and
 # commas of the joined array count too.
@@ -33,40 +37,6 @@ KV_LAST_SUCCESS = "last_success_at"
 KV_LAST_ERROR = "last_error"
 
 
-class Row(NamedTuple):
-    """One claimed events row: a segment of `count` events (one for rows written
-    before migration 0005, or cut from a segment)."""
-    id: int
-    transaction_id: str  # the first event's
-    created_at: float  # the oldest event's
-    body: bytes  # the events' JSON texts joined by commas, UTF-8
-    app: Optional[int] = None  # apps.id of the app that recorded it; None: the flusher's own
-    count: int = 1
-    lengths: Optional[str] = None  # the events' byte lengths, comma-separated (None: one event)
-
-    def event_bodies(self) -> List[bytes]:
-        """The JSON of each event of the segment, as stored."""
-        return cut(self.body, self.lengths)
-
-
-def cut(body: Union[bytes, str], lengths: Optional[str]) -> List[bytes]:
-    """A segment's body cut into its events' JSON (bytes), by their stored lengths."""
-    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-    if not lengths:
-        return [data]
-    out, at = [], 0
-    for length in map(int, lengths.split(",")):
-        out.append(data[at:at + length])
-        at += length + 1  # the comma
-    return out
-
-
-def _row(found: tuple) -> Row:
-    body = found[3]
-    return Row(found[0], found[1], found[2], body.encode("utf-8") if isinstance(body, str) else body,
-               found[4], found[5], found[6])
-
-
 # The events claim in two plain statements instead of claims.claim_sql's window
 # functions and RETURNING: read the oldest claimable rows of one app (a batch is
 # posted under one application id; see migrations/0004), keep those within the
@@ -75,11 +45,8 @@ def _row(found: tuple) -> Row:
 # UPDATE's filter excludes as the SELECT did). Rows are segments (0005): the
 # cursor is read one row at a time and left as soon as the batch is full, so
 # the LIMIT (in rows, each at least one event) reads no more than is kept.
-# A row's JSON: in event_bodies for a segment, in the row for one from before 0005.
-_BODY = "COALESCE((SELECT body FROM event_bodies WHERE event_bodies.id = events.id), events.body)"
-_ROW_COLUMNS = f"id, transaction_id, created_at, {_BODY}, app, event_count, lengths, length(CAST({_BODY} AS BLOB))"
 _CLAIMABLE_SQL = (
-    f"SELECT {_ROW_COLUMNS} FROM events WHERE claimed_until < ?1 "
+    f"SELECT {ROW_COLUMNS} FROM events WHERE claimed_until < ?1 "
     "AND app IS (SELECT app FROM events WHERE claimed_until < ?1 ORDER BY id LIMIT 1) "
     "ORDER BY id LIMIT ?2"
 )
@@ -132,83 +99,10 @@ def _claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: floa
         # One segment larger than a batch (BATCH_SIZE below the writer's segment
         # size, or a small byte budget): cut it, once, into pieces that fit, and
         # take the first. The pieces keep the segment's place in the queue.
-        found = [_split_to_fit(conn, found[0], limit, max_bytes)]
-    rows = [_row(r) for r in found]
+        found = [split_to_fit(conn, found[0], limit, max_bytes)]
+    rows = [row_from(r) for r in found]
     conn.execute(_MARK_SQL, (owner, now + claim_seconds, rows[0].id, rows[-1].id, now, rows[0].app))
     return rows
-
-
-def _pieces(bodies: List[bytes], limit: int, max_bytes: int) -> List[List[bytes]]:
-    pieces: List[List[bytes]] = [[]]
-    size = 1
-    for body in bodies:
-        if pieces[-1] and (len(pieces[-1]) >= limit or size + len(body) + 1 > max_bytes):
-            pieces.append([])
-            size = 1
-        pieces[-1].append(body)
-        size += len(body) + 1
-    return pieces
-
-
-def _replace(conn: sqlite3.Connection, found: tuple, pieces: List[List[bytes]]) -> List[tuple]:
-    """Cut the events row `found` (a _CLAIMABLE_SQL row) into one row per piece, in
-    order: the first piece stays in the row (its id, its place in the queue), the
-    others are new rows with its claim, attempts, app and creation time (after
-    every row queued so far). `pending` is unchanged: the events move, none is
-    added or removed. Returns the rows in _CLAIMABLE_SQL's shape."""
-    row_id, first_tid, created_at = found[0], found[1], found[2]
-    claimed_by, claimed_until, attempts, app = conn.execute(
-        "SELECT claimed_by, claimed_until, attempts, app FROM events WHERE id = ?", (row_id,)).fetchone()
-    out = []
-    for piece in pieces:
-        body = b",".join(piece)
-        lengths = None if len(piece) == 1 else ",".join(str(len(b)) for b in piece)
-        if not out:
-            tid = first_tid
-            conn.execute("UPDATE events SET body = '', event_count = ?, lengths = ? WHERE id = ?",
-                         (len(piece), lengths, row_id))
-            conn.execute("INSERT OR REPLACE INTO event_bodies (id, body) VALUES (?, ?)", (row_id, body))
-            # No trigger on UPDATE: the rows inserted below add their events back.
-            conn.execute("UPDATE counters SET value = value - ? WHERE name = 'pending'", (found[5] - len(piece),))
-            new_id = row_id
-        else:
-            tid = _transaction_id(piece[0], first_tid)
-            new_id = conn.execute(
-                "INSERT INTO events (transaction_id, created_at, body, app, event_count, lengths, claimed_by, "
-                "claimed_until, attempts) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
-                (tid, created_at, app, len(piece), lengths, claimed_by, claimed_until, attempts)).lastrowid
-            conn.execute("INSERT INTO event_bodies (id, body) VALUES (?, ?)", (new_id, body))
-        out.append((new_id, tid, created_at, body, app, len(piece), lengths, len(body)))
-    return out
-
-
-def _split_to_fit(conn: sqlite3.Connection, found: tuple, limit: int, max_bytes: int) -> tuple:
-    pieces = _pieces(cut(found[3], found[6]), limit, max_bytes)
-    return _replace(conn, found, pieces)[0]
-
-
-def _transaction_id(event: bytes, fallback: str) -> str:
-    try:
-        tid = json.loads(event).get("transaction_id")
-    except (ValueError, AttributeError):
-        return fallback
-    return tid if isinstance(tid, str) else fallback
-
-
-_SEGMENT_SQL = f"SELECT {_ROW_COLUMNS} FROM events WHERE id = ? AND claimed_by = ?"
-
-
-def split_segment(conn: sqlite3.Connection, owner: str, row_id: int) -> List[Row]:
-    """Cut a segment we hold claimed into one row per event (still claimed by us),
-    for isolating the event Moesif refuses (400/413); see `_replace` for their ids.
-    [] when the row is no longer ours; the row itself when it holds one event."""
-    with immediate(conn):
-        found = conn.execute(_SEGMENT_SQL, (row_id, owner)).fetchone()
-        if found is None:
-            return []
-        if found[5] <= 1:
-            return [_row(found)]
-        return [_row(r) for r in _replace(conn, found, [[b] for b in cut(found[3], found[6])])]
 
 
 def has_claimable(conn: sqlite3.Connection, now: Optional[float] = None) -> bool:
@@ -245,10 +139,10 @@ def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status
     with immediate(conn):
         single = list(ids)
         for row_id in ids:
-            found = conn.execute(_SEGMENT_SQL, (row_id, owner)).fetchone()
+            found = conn.execute(SEGMENT_SQL, (row_id, owner)).fetchone()
             if found is not None and found[5] > 1:
                 single.remove(row_id)
-                single += [r[0] for r in _replace(conn, found, [[b] for b in cut(found[3], found[6])])]
+                single += [r[0] for r in cut_row(conn, found, [[b] for b in cut(found[3], found[6])])]
         # A dead letter holds the event's JSON text in its row, as before segments.
         conn.execute("UPDATE events SET body = (SELECT CAST(body AS TEXT) FROM event_bodies WHERE "
                      "event_bodies.id = events.id) WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?)) "
@@ -324,41 +218,6 @@ def missing_dead_letter_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> Lis
     return [i for i in ids if i not in present]
 
 
-def _segment_columns(conn: sqlite3.Connection) -> str:
-    """The segment columns to select (event count, lengths, body): a file opened
-    read-only may be older than migration 0005 (one event per row, in `body`)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    return f"event_count, lengths, {_BODY}" if "event_count" in columns else "1, NULL, body"
-
-
-class StoredEvent(NamedTuple):
-    row_id: int  # the events row (segment) that holds it
-    transaction_id: str
-    created_at: float  # the segment's
-    body: str  # the event's JSON as stored
-    app: Optional[int]
-    attempts: int
-    claimed_until: float
-
-
-def stored_events(conn: sqlite3.Connection, limit: Optional[int] = None) -> Iterator[StoredEvent]:
-    """The queued events one by one in queue order (segments cut into their events),
-    at most `limit`. For `peek`, tests and tools; the flusher never cuts a segment
-    it posts whole."""
-    cur = conn.execute(f"SELECT id, transaction_id, created_at, app, attempts, claimed_until, "
-                       f"{_segment_columns(conn)} FROM events ORDER BY id")
-    given = 0
-    for row_id, first_tid, created_at, app, attempts, claimed_until, count, lengths, body in cur:
-        for index, event in enumerate(cut(body, lengths) if count > 1 else [body]):
-            if limit is not None and given >= limit:
-                cur.close()
-                return
-            text = event.decode("utf-8", "replace") if isinstance(event, bytes) else event
-            tid = first_tid if index == 0 else _transaction_id(event, "")
-            yield StoredEvent(row_id, tid, created_at, text, app, attempts, claimed_until)
-            given += 1
-
-
 def peek(conn: sqlite3.Connection, n: int = 10, now: Optional[float] = None) -> List[Dict[str, Any]]:
     """The next `n` events in queue order, with their parsed JSON."""
     now = time.time() if now is None else now
@@ -401,7 +260,7 @@ def scan_stats(conn: sqlite3.Connection, now: Optional[float] = None) -> Tuple[i
     is not necessarily the oldest event.
     """
     now = time.time() if now is None else now
-    count = _segment_columns(conn).split(",")[0]  # no body read: a scan of the small rows
+    count = segment_columns(conn).split(",")[0]  # no body read: a scan of the small rows
     claimed, oldest = conn.execute(
         f"SELECT COALESCE(SUM((claimed_until >= ?) * {count}), 0), MIN(created_at) FROM events", (now,)).fetchone()
     return int(claimed), None if oldest is None else max(0.0, now - oldest)
