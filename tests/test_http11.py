@@ -150,3 +150,53 @@ async def test_tls_uses_the_default_verified_context_and_fails_closed_on_a_plain
             assert client._poster._ssl_context().verify_mode.name == "CERT_REQUIRED"
             result = await client.post_events(ROWS)
     assert result.outcome == RETRY and result.error is not None and "ConnectError" in result.error
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 made with the openssl command (skipped without it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                           "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                           "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate: {made.stderr[-200:]!r}")
+    return str(key), str(cert)
+
+
+async def test_a_post_over_tls_verifies_the_server_and_arrives(self_signed, monkeypatch) -> None:
+    import ssl
+
+    key, cert = self_signed
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    bodies: List[bytes] = []
+
+    async def handler(reader, writer):
+        try:
+            _, _, body = await read_request(reader)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            writer.close()  # the client refused our certificate
+            return
+        bodies.append(body)
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_tls)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        async with MoesifClient("app", url, timeout=5.0) as client:  # not trusted: refused
+            untrusted = await client.post_events(ROWS)
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # trusted as httpx would trust it
+        async with MoesifClient("app", url, timeout=5.0) as client:
+            assert client._poster is not None
+            trusted = await client.post_events(ROWS)
+    assert untrusted.outcome == RETRY and "ConnectError" in (untrusted.error or "")
+    assert trusted.outcome == OK and len(bodies) == 1
+    assert [e["transaction_id"] for e in json.loads(gzip.decompress(bodies[0]))] == ["a", "b"]
