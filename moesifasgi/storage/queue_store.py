@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from moesifasgi.storage import immediate
 from moesifasgi.storage.claims import EVENTS, delete_sent, give_back, ids_json, move_to_dead_letters
 from moesifasgi.storage.segments import (  # noqa: F401  (Row, StoredEvent, split_segment, stored_events: re-exported)
-    SEGMENT_SQL, ROW_COLUMNS, Row, StoredEvent, cut, cut_row, row_from, segment_columns, split_segment, split_to_fit,
+    SEGMENT_SQL, ROW_COLUMNS, Row, StoredEvent, cut, cut_row, row_from, segment_columns, sized, split_segment,
+    split_to_fit,
     stored_events,
 )
 
@@ -86,6 +87,7 @@ def _claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: floa
     events, total = 0, 1
     for row in cursor:
         events += row[5]
+        row = sized(row)
         total += row[7] + 1
         if found and (events > limit or total > max_bytes):
             break

@@ -57,7 +57,18 @@ def row_from(found: tuple) -> Row:
 # A row's JSON: in event_bodies for a segment, in the row for one from before 0005.
 BODY = "COALESCE((SELECT body FROM event_bodies WHERE event_bodies.id = events.id), events.body)"
 # What the claim and the cutting read of a row, in this order (a "found" row).
-ROW_COLUMNS = f"id, transaction_id, created_at, {BODY}, app, event_count, lengths, length(CAST({BODY} AS BLOB))"
+# (The byte size is taken in Python, `sized`: length() of the subquery would read
+# the JSON a second time.)
+ROW_COLUMNS = f"id, transaction_id, created_at, {BODY}, app, event_count, lengths"
+
+
+def sized(found: tuple) -> tuple:
+    """A ROW_COLUMNS row with its body as UTF-8 bytes and their count appended."""
+    body = found[3]
+    if isinstance(body, str):  # a row from before 0005
+        body = body.encode("utf-8")
+        found = found[:3] + (body,) + found[4:]
+    return found + (len(body),)
 
 
 def pieces_of(bodies: List[bytes], limit: int, max_bytes: int) -> List[List[bytes]]:
