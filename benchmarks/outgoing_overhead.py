@@ -183,7 +183,7 @@ def main() -> None:
             results = measure(clients(url), settings, args.calls, args.rounds)
             fakes = measure(in_process_clients(), settings, args.calls, args.rounds)
             conn = sqlite3.connect(queue_path)
-            recorded = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            recorded = conn.execute("SELECT COALESCE(SUM(event_count), 0) FROM events").fetchone()[0]  # rows are segments
             conn.close()
     finally:
         server.terminate()

@@ -53,10 +53,12 @@ def _fresh_process_state():
 
 def read_events(path: str) -> List[Dict[str, Any]]:
     """Every event committed to the queue at `path`, oldest first (after flushing writers)."""
+    from moesifasgi.storage import queue_store
+
     queue_writer.flush_all()
     conn = sqlite3.connect(path)
     try:
-        return [json.loads(body) for (body,) in conn.execute("SELECT body FROM events ORDER BY id")]
+        return [json.loads(event.body) for event in queue_store.stored_events(conn)]
     finally:
         conn.close()
 

@@ -10,6 +10,7 @@ import uuid
 from typing import Callable, List, Optional
 
 from moesifasgi import storage
+from moesifasgi.storage import intake
 from moesifasgi_flush.flusher import FlusherOptions
 
 APP_ID = "test-app-id"
@@ -32,17 +33,34 @@ def event_json(tid: str, **extra: object) -> str:
 
 
 def insert_events(path: str, count: int, *, prefix: Optional[str] = None, created_at: Optional[float] = None,
-                  body: Optional[Callable[[str], str]] = None) -> List[str]:
-    """Insert `count` events straight into the queue file; returns their transaction ids."""
+                  body: Optional[Callable[[str], str]] = None, per_event_rows: bool = False) -> List[str]:
+    """Insert `count` events straight into the queue file (one group, stored as the
+    writers store it; `per_event_rows`: one row each, as before segments); returns
+    their transaction ids."""
     prefix = prefix if prefix is not None else uuid.uuid4().hex[:8]
     tids = [f"{prefix}-{i:06d}" for i in range(count)]
     at = time.time() if created_at is None else created_at
     conn = storage.connect(path)
     with storage.immediate(conn):
-        conn.executemany("INSERT INTO events (transaction_id, created_at, body) VALUES (?, ?, ?)",
-                         [(t, at, (body or event_json)(t)) for t in tids])
+        if per_event_rows:  # as files written before segments (migration 0005) hold them
+            conn.executemany("INSERT INTO events (transaction_id, created_at, body) VALUES (?, ?, ?)",
+                             [(t, at, (body or event_json)(t)) for t in tids])
+        else:  # as the writers store them: segments of up to intake.SEGMENT_EVENTS
+            intake.insert_events(conn, [(t, at, (body or event_json)(t)) for t in tids], None)
     conn.close()
     return tids
+
+
+def stored_events(path: str) -> list:
+    """Every event queued in the file at `path`, one by one in queue order (rows
+    are segments of several events since migration 0005): `queue_store.StoredEvent`s."""
+    from moesifasgi.storage import queue_store
+
+    conn = storage.connect(path)
+    try:
+        return list(queue_store.stored_events(conn))
+    finally:
+        conn.close()
 
 
 def query(path: str, sql: str, *params: object) -> list:

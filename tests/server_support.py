@@ -15,6 +15,8 @@ import sys
 import time
 from typing import IO, Dict, List, Optional
 
+from moesifasgi.storage import queue_store
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -116,7 +118,7 @@ def recorded_ids(path: str) -> List[str]:
         return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return [tid for (tid,) in conn.execute("SELECT transaction_id FROM events")]
+        return [event.transaction_id for event in queue_store.stored_events(conn)]
     except sqlite3.OperationalError:  # the server is still creating its tables
         return []
     finally:

@@ -23,7 +23,7 @@ def runner(monkeypatch):
 @pytest.fixture
 def letters(path):
     """Five dead letters: three refused with HTTP 400, two with 413."""
-    tids = insert_events(path, 5)
+    tids = insert_events(path, 5, per_event_rows=True)  # one row each: dead-lettered in two sets
     conn = storage.connect(path)
     rows = qs.claim(conn, "me", 5, 60)
     qs.dead_letter(conn, "me", [r.id for r in rows[:3]], 400, "HTTP 400: missing request.time")

@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
 from moesifasgi.middleware import MoesifMiddleware
+from moesifasgi.storage import queue_store
 
 from .asgi_harness import Recorder, http_scope
 from .conftest import read_counter, read_events, read_problems
@@ -293,7 +294,7 @@ def test_stored_events_are_strict_json(queue_path):
     client = TestClient(fastapi_app(queue_path, GET_METADATA=lambda request, response: {"x": math.inf, "big": 2 ** 70}))
     client.post("/ignores-body")
     assert len(read_events(queue_path)) == 1  # committed
-    [(body,)] = sqlite3.connect(queue_path).execute("SELECT body FROM events").fetchall()
+    [body] = [e.body for e in queue_store.stored_events(sqlite3.connect(queue_path))]
 
     def refuse(name):
         raise ValueError(name)

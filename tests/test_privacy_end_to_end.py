@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 
 from moesifasgi import MoesifMiddleware, queue_writer
 from moesifasgi.field_masks import MASK_MARKER
+from moesifasgi.storage import queue_store
 from moesifasgi.testing.local_collector import LocalCollector
 
 from .flush_support import APP_ID, cli_process
@@ -106,7 +107,7 @@ def queue_bytes(path: str) -> bytes:
                 raw += handle.read()
     conn = sqlite3.connect(path)
     try:
-        events = [json.loads(body) for (body,) in conn.execute("SELECT body FROM events")]
+        events = [json.loads(e.body) for e in queue_store.stored_events(conn)]
     finally:
         conn.close()
     return raw + searchable(events)
@@ -164,7 +165,7 @@ def incoming(tmp_path_factory) -> Iterator[Dict[str, Any]]:
         queue_writer.flush_all()
         stored = queue_bytes(path)
         conn = sqlite3.connect(path)
-        events = [json.loads(body) for (body,) in conn.execute("SELECT body FROM events")]
+        events = [json.loads(e.body) for e in queue_store.stored_events(conn)]
         conn.close()
         with LocalCollector(application_id=APP_ID) as collector:
             drain(path, collector)
@@ -243,7 +244,7 @@ def test_outgoing_credentials_and_masked_fields_never_reach_the_queue_or_the_col
     basic = base64.b64encode(f"user:{secret('outgoing')}".encode())
     stored = queue_bytes(queue_path)
     conn = sqlite3.connect(queue_path)
-    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
+    assert len(list(queue_store.stored_events(conn))) == 4
     conn.close()
     with LocalCollector(application_id=APP_ID) as collector:
         drain(queue_path, collector)
@@ -261,7 +262,7 @@ def test_outgoing_credentials_are_kept_when_redaction_is_turned_off(capture, tar
     requests.get(f"{target.url}/json?api_key={secret('off')}", headers={"Authorization": f"Bearer {secret('off')}"})
     queue_writer.flush_all()
     conn = sqlite3.connect(queue_path)
-    (body,) = conn.execute("SELECT body FROM events").fetchone()
+    body = next(queue_store.stored_events(conn)).body
     conn.close()
     event = json.loads(body)
     assert event["request"]["headers"]["authorization"] == f"Bearer {secret('off')}"

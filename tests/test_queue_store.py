@@ -5,10 +5,18 @@ import time
 
 import pytest
 
-from tests.flush_support import event_json, insert_events, query
+import functools
+
+from tests import flush_support
+from tests.flush_support import event_json, query
 from moesifasgi import storage
 from moesifasgi.shared_state import SharedState
 from moesifasgi_flush import queue_store as qs
+
+# These tests pin the claim model row by row, on one-event rows (as files from
+# before segments hold them, and as a cut segment becomes); tests/test_segments.py
+# covers rows that hold many events.
+insert_events = functools.partial(flush_support.insert_events, per_event_rows=True)
 
 
 @pytest.fixture

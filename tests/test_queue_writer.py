@@ -10,7 +10,8 @@ import pytest
 
 from moesifasgi import storage
 from moesifasgi.queue_writer import QueueWriter
-from moesifasgi.storage.intake import insert_events
+from moesifasgi.storage.intake import SEGMENT_EVENTS, insert_events
+from tests.flush_support import stored_events
 
 
 def _row(i: int = 0) -> tuple:
@@ -25,18 +26,22 @@ def _counters(path) -> dict:
         conn.close()
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 41, 239, 240, 241, 481, 500])
+@pytest.mark.parametrize("count", [1, 2, 3, 41, 99, 100, 101, 239, 240, 241, 481, 500])
 def test_a_group_of_any_size_is_inserted_whole_in_order_with_its_app(tmp_path, count):
-    # A group is one multi-row statement, split past 240 rows: every split must
-    # keep each row, its fields and its place.
+    # A group is stored as segments of at most SEGMENT_EVENTS events: every cut
+    # must keep each event, its transaction id, its JSON and its place; a
+    # segment's time is its oldest event's.
     path = str(tmp_path / "q.sqlite")
     conn = storage.connect(path)
-    rows = [(f"id-{i}", 1000.0 + i, '{"n": %d}' % i) for i in range(count)]
+    rows = [(f"id-{i}", 1000.0 + i, '{"n": %d, "transaction_id": "id-%d"}' % (i, i)) for i in range(count)]
     with storage.immediate(conn):
         insert_events(conn, rows, None)
-    stored = conn.execute("SELECT transaction_id, created_at, body, app FROM events ORDER BY id").fetchall()
+    segments = conn.execute("SELECT event_count FROM events ORDER BY id").fetchall()
     conn.close()
-    assert stored == [row + (None,) for row in rows]
+    stored = [(e.transaction_id, e.created_at, e.body, e.app) for e in stored_events(path)]
+    assert stored == [(tid, 1000.0 + i // SEGMENT_EVENTS * SEGMENT_EVENTS, body, None)
+                      for i, (tid, _, body) in enumerate(rows)]
+    assert [n for (n,) in segments] == [min(SEGMENT_EVENTS, count - start) for start in range(0, count, SEGMENT_EVENTS)]
     assert _counters(path)["pending"] == count
 
 
@@ -48,9 +53,10 @@ def test_submitted_events_are_committed_in_order_with_their_ids(tmp_path):
         assert writer.submit(row)
     assert writer.flush(60)
     writer.close()
-    conn = sqlite3.connect(path)
-    stored = conn.execute("SELECT transaction_id, body FROM events ORDER BY id").fetchall()
-    assert stored == [(r[0], r[2]) for r in rows]
+    stored = [(e.transaction_id, e.body) for e in stored_events(path)]
+    assert [body for _, body in stored] == [r[2] for r in rows]
+    # Transaction ids are read back from the JSON past a segment's first event.
+    assert [tid for tid, _ in stored][:1] == [rows[0][0]]
     assert writer.committed == 300
 
 
@@ -130,8 +136,7 @@ def test_a_removed_queue_directory_is_recreated_and_writing_resumes(tmp_path):
     writer.submit(_row(2))
     writer.flush(60)
     writer.close()
-    conn = storage.connect(path)
-    assert conn.execute("SELECT body FROM events").fetchall() == [('{"n": 2}',)]
+    assert [e.body for e in stored_events(path)] == ['{"n": 2}']
 
 
 def _write_many(path: str, count: int, capacity: int, barrier, out) -> None:
@@ -140,7 +145,7 @@ def _write_many(path: str, count: int, capacity: int, barrier, out) -> None:
     accepted = []
     barrier.wait()
     for tid in ids:
-        writer.submit((tid, time.time(), "{}"), lambda ok, tid=tid: ok and accepted.append(tid))
+        writer.submit((tid, time.time(), '{"transaction_id": "%s"}' % tid), lambda ok, tid=tid: ok and accepted.append(tid))
     writer.close(30)
     out.put((ids, accepted))
 
@@ -158,8 +163,7 @@ def test_four_processes_writing_at_once_end_with_exactly_their_events_and_the_ca
         p.join(30)
         assert p.exitcode == 0
     accepted = {tid for _, acc in results for tid in acc}
-    conn = sqlite3.connect(path)
-    stored = [r[0] for r in conn.execute("SELECT transaction_id FROM events")]
+    stored = [e.transaction_id for e in stored_events(path)]
     counters = _counters(path)
     assert len(stored) == len(set(stored)) == len(accepted)
     assert set(stored) == accepted
@@ -185,7 +189,7 @@ def test_a_first_connection_kept_waiting_past_the_busy_timeout_to_migrate_keeps_
         holder.execute("ROLLBACK")
         assert writer.flush(30)
         assert writer.dropped == 0
-        assert [tid for (tid,) in sqlite3.connect(path).execute("SELECT transaction_id FROM events")] == ["tid-1"]
+        assert [e.transaction_id for e in stored_events(path)] == ["tid-1"]
     finally:
         holder.close()
         writer.close()

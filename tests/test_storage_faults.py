@@ -235,7 +235,8 @@ def _damage_page_holding(path: str, marker: bytes) -> None:
 
 async def test_damage_met_by_the_flusher_moves_the_file_aside_and_what_is_readable_is_delivered(queue_path,
                                                                                             collector):
-    tids = insert_events(queue_path, 300, prefix="old", body=lambda t: event_json(t, metadata={"pad": "y" * 900}))
+    tids = insert_events(queue_path, 300, prefix="old", body=lambda t: event_json(t, metadata={"pad": "y" * 900}),
+                         per_event_rows=True)
     _damage_page_holding(queue_path, b"old-000150")
     writer = QueueWriter(queue_path, capacity=10_000)  # a worker keeps writing through the damage
     flusher = Flusher(queue_path, APP_ID, collector.url, dataclasses.replace(FAST, maintenance_interval=0.2))
@@ -314,7 +315,8 @@ def test_status_meeting_damage_moves_the_file_aside_and_a_fresh_queue_starts(que
 
     from moesifasgi_flush.cli import cli
 
-    insert_events(queue_path, 300, prefix="st", body=lambda t: event_json(t, metadata={"pad": "v" * 900}))
+    insert_events(queue_path, 300, prefix="st", body=lambda t: event_json(t, metadata={"pad": "v" * 900}),
+                         per_event_rows=True)
     _damage_page_holding(queue_path, b"st-000150")
     result = CliRunner().invoke(cli, ["--queue", queue_path, "status"])
     assert result.exit_code != 0
@@ -337,7 +339,8 @@ def test_a_file_that_is_not_sqlite_given_to_status_is_refused_and_never_moved(tm
 
 
 async def test_moesif_flush_drain_also_delivers_what_a_moved_corrupt_file_still_holds(queue_path, collector):
-    tids = insert_events(queue_path, 200, prefix="dr", body=lambda t: event_json(t, metadata={"pad": "u" * 900}))
+    tids = insert_events(queue_path, 200, prefix="dr", body=lambda t: event_json(t, metadata={"pad": "u" * 900}),
+                         per_event_rows=True)
     _damage_page_holding(queue_path, b"dr-000100")
     moved = storage.quarantine(queue_path, storage.file_identity(queue_path))
     flusher = Flusher(queue_path, APP_ID, collector.url, FAST)

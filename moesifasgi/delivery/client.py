@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional, Sequence, Type, Union
@@ -20,6 +23,7 @@ import httpx
 from moesifasgi._version import USER_AGENT
 
 from .backoff import parse_retry_after
+from .http11 import Http11Poster, PostFailed
 from .outcomes import PostOutcome
 
 __all__ = [
@@ -108,7 +112,8 @@ def _exc_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail[:_ERROR_TEXT_CHARS]}"
 
 
-def _http_error_text(response: httpx.Response) -> str:
+def _http_error_text(response: Any) -> str:
+    """'HTTP <status>: <the start of the body>' of an httpx or http11 response."""
     try:
         body = response.text
     except Exception:  # undecodable body: the status alone is enough
@@ -117,8 +122,25 @@ def _http_error_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {body}" if body else f"HTTP {response.status_code}"
 
 
-def _gzip_body(rows: Sequence[str]) -> bytes:
-    raw = ("[" + ",".join(rows) + "]").encode("utf-8")
+# MOESIF_HTTP_CLIENT=httpx sends the batch posts through httpx too (see http11.py).
+HTTP_CLIENT_ENV = "MOESIF_HTTP_CLIENT"
+
+
+def _uses_proxy(base_uri: str) -> bool:
+    """Whether httpx would send to `base_uri` through a proxy from the environment
+    (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, minus NO_PROXY): such posts stay on httpx."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urllib.parse.urlsplit(base_uri)
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)
+
+
+def _gzip_body(rows: Sequence[Union[str, bytes]]) -> bytes:
+    if rows and isinstance(rows[0], str):  # profiles; event rows come as UTF-8 bytes
+        raw = ("[" + ",".join(rows) + "]").encode("utf-8")  # type: ignore[arg-type]
+    else:
+        raw = b"[" + b",".join(rows) + b"]"  # type: ignore[arg-type]
     # mtime=0 keeps the output deterministic (tests, and identical retries).
     return gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0)
 
@@ -147,19 +169,32 @@ class MoesifClient:
             max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
         )
+        headers = {"X-Moesif-Application-Id": application_id, "User-Agent": USER_AGENT}
+        timeouts = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._client = httpx.AsyncClient(
-            headers={"X-Moesif-Application-Id": application_id, "User-Agent": USER_AGENT},
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            headers=headers,
+            timeout=timeouts,
             transport=transport,
             limits=limits,
             follow_redirects=False,
         )
+        # Batch posts go through the small HTTP/1.1 poster (a third of the CPU per
+        # post), unless a transport is given (tests), a proxy applies, or the
+        # operator asked for httpx.
+        self._poster: Optional[Http11Poster] = None
+        if (transport is None and os.environ.get(HTTP_CLIENT_ENV, "").lower() != "httpx"
+                and not _uses_proxy(self.base_uri)):
+            try:
+                self._poster = Http11Poster(self.base_uri, headers, timeouts, max_connections=max_connections)
+            except ValueError:  # a scheme httpx may know better
+                self._poster = None
 
     def _url(self, path: str) -> str:
         return self.base_uri + (path if path.startswith("/") else "/" + path)
 
-    async def post_batch(self, path: str, rows: Sequence[str], application_id: Optional[str] = None) -> PostResult:
-        """POST ``rows`` (JSON texts) as one gzipped JSON array, under ``application_id``
+    async def post_batch(self, path: str, rows: Sequence[Union[str, bytes]],
+                         application_id: Optional[str] = None) -> PostResult:
+        """POST ``rows`` (JSON texts, or comma-joined runs of them) as one gzipped JSON array, under ``application_id``
         when given (events recorded by another app sharing the queue), else the client's."""
         joined_len = sum(len(r) for r in rows)
         if joined_len >= _THREAD_COMPRESS_BYTES:
@@ -172,6 +207,14 @@ class MoesifClient:
         }
         if application_id:
             headers["X-Moesif-Application-Id"] = application_id
+        if self._poster is not None:
+            try:
+                answer = await self._poster.post(path if path.startswith("/") else "/" + path, body, headers)
+            except PostFailed as exc:
+                logger.debug("POST %s failed: %s", path, exc)
+                return PostResult(RETRY, error=str(exc)[:_ERROR_TEXT_CHARS + 40])
+            return self._result(answer.status_code, answer.headers.get("retry-after"),
+                                answer.headers.get("x-moesif-config-etag"), answer)
         try:
             response = await self._client.post(self._url(path), content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -179,17 +222,21 @@ class MoesifClient:
             # other HTTPErrors (decoding, redirects) are just as transient to us.
             logger.debug("POST %s failed: %s", path, exc)
             return PostResult(RETRY, error=_exc_text(exc))
-        status = response.status_code
+        return self._result(response.status_code, response.headers.get("Retry-After"),
+                            response.headers.get("X-Moesif-Config-ETag"), response)
+
+    @staticmethod
+    def _result(status: int, retry_after: Optional[str], config_etag: Optional[str], response: Any) -> PostResult:
         outcome = classify_status(status)
         return PostResult(
             outcome,
             status=status,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            config_etag=response.headers.get("X-Moesif-Config-ETag"),
+            retry_after=parse_retry_after(retry_after),
+            config_etag=config_etag,
             error=None if outcome == OK else _http_error_text(response),
         )
 
-    async def post_events(self, rows: Sequence[str], application_id: Optional[str] = None) -> PostResult:
+    async def post_events(self, rows: Sequence[Union[str, bytes]], application_id: Optional[str] = None) -> PostResult:
         return await self.post_batch("/v1/events/batch", rows, application_id)
 
     async def post_users(self, rows: Sequence[str]) -> PostResult:
@@ -224,6 +271,8 @@ class MoesifClient:
         return await self.get_json("/v1/rules")
 
     async def aclose(self) -> None:
+        if self._poster is not None:
+            await self._poster.aclose()
         await self._client.aclose()
 
     async def __aenter__(self) -> MoesifClient:

@@ -40,9 +40,11 @@ class Outcome:
     sent: int = 0
     dead_lettered: int = 0
     released: List[int] = field(default_factory=list)  # ids given back after an error
+    released_events: Dict[int, int] = field(default_factory=dict)  # those ids -> the events each holds
     acked: List[int] = field(default_factory=list)
     error: Optional[PostOutcome] = None  # the failed post's, if any
     to_ack: List[int] = field(default_factory=list)  # accepted, left for the caller to delete
+    to_ack_events: int = 0  # the events those rows hold
     success_at: Optional[float] = None  # to record with that deferred ack
 
 
@@ -103,11 +105,17 @@ class Delivery:
         async def rejected(row: qs.Row, result: PostResult) -> None:
             await self._reject_alone(row, result, out)
 
-        failure, unsent = await post_isolating(rows, post, accepted=accepted, rejected=rejected)
+        async def split(row: qs.Row) -> List[qs.Row]:
+            # A segment refused whole (400/413) is cut into its events, once,
+            # to find the one Moesif refuses; the rest is accepted as before.
+            return [row] if row.count <= 1 else await self.db.run(qs.split_segment, self.owner, row.id)
+
+        failure, unsent = await post_isolating(rows, post, accepted=accepted, rejected=rejected, split=split)
         if failure is not None:
             ids = [r.id for r in unsent]
             await self.db.run(qs.release, self.owner, ids)
             out.released.extend(ids)
+            out.released_events.update((r.id, r.count) for r in unsent)
             out.error = failure.outcome
             await self._failed(failure)
         return out
@@ -129,6 +137,7 @@ class Delivery:
         ids = [r.id for r in part]
         if defer:
             out.to_ack, out.success_at = ids, success_at
+            out.to_ack_events = sum(r.count for r in part)
         else:
             out.sent += await self.db.run(qs.ack, self.owner, ids, success_at=success_at)
         out.acked.extend(ids)

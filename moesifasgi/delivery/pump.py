@@ -63,11 +63,12 @@ class Pump:
         self.batch_wait = batch_wait
         self.sent = 0
         self.dead_lettered = 0
-        self.failed_ids: Set[int] = set()
+        self.failed_ids: Dict[int, int] = {}  # ids given back after a failed post -> their events
         self.last_error: Optional[StopReason] = None
         self._holding: Dict[int, List[int]] = {}  # worker number -> ids it has claimed
-        # worker number -> (ids Moesif accepted, success time): deleted with the next claim
-        self._to_ack: Dict[int, Tuple[List[int], Optional[float]]] = {}
+        self._holding_events: Dict[int, int] = {}  # worker number -> the events those rows hold
+        # worker number -> (ids Moesif accepted, success time, their events): deleted with the next claim
+        self._to_ack: Dict[int, Tuple[List[int], Optional[float], int]] = {}
         self._stopping = asyncio.Event()
         # One worker at a time waits for a full batch and claims it; the others
         # queue behind it instead of racing it for the same few rows.
@@ -83,7 +84,8 @@ class Pump:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(ids) for ids in self._holding.values())
+        """Events (not rows: a row may be a segment of many) claimed and not settled."""
+        return sum(self._holding_events.values())
 
     async def run(self, *, until_empty: bool = False, deadline: Optional[float] = None,
                   grace: Optional[float] = None) -> None:
@@ -128,6 +130,7 @@ class Pump:
         await asyncio.shield(self._flush_acks())
         held = [i for ids in self._holding.values() for i in ids]
         self._holding.clear()
+        self._holding_events.clear()
         if held:
             try:
                 await asyncio.shield(self.db.run(qs.release, self.owner, held))
@@ -195,19 +198,21 @@ class Pump:
             return
         outcome = await self.delivery.deliver(rows, defer_ack=True)
         del self._holding[number]
+        del self._holding_events[number]
         if outcome.to_ack:
-            self._to_ack[number] = (outcome.to_ack, outcome.success_at)
+            self._to_ack[number] = (outcome.to_ack, outcome.success_at, outcome.to_ack_events)
         self.sent += outcome.sent
         self.dead_lettered += outcome.dead_lettered
         if outcome.released:
             self.last_error = None if outcome.error is None else StopReason.after(outcome.error)
             if self._until_empty:  # only a drain reports them; a daemon would hoard ids
-                self.failed_ids.update(outcome.released)
+                self.failed_ids.update(outcome.released_events)
         if self.failed_ids:
-            self.failed_ids.difference_update(outcome.acked)
+            for acked_id in outcome.acked:
+                self.failed_ids.pop(acked_id, None)
 
     async def _ack_and_claim(self, number: int) -> List[qs.Row]:
-        ack_ids, success_at = self._to_ack.get(number, ((), None))
+        ack_ids, success_at, _ = self._to_ack.get(number, ((), None, 0))
         acked, rows = await self.db.run(qs.ack_and_claim, self.owner, ack_ids, self.batch_size, self.claim_seconds,
                                         max_bytes=self.max_batch_bytes, success_at=success_at)
         self._to_ack.pop(number, None)
@@ -215,6 +220,7 @@ class Pump:
         if rows:
             # Cancelled mid-post, the ids stay here for _cancel to release.
             self._holding[number] = [r.id for r in rows]
+            self._holding_events[number] = sum(r.count for r in rows)
         return rows
 
     async def _wait_for_batch(self) -> bool:
@@ -228,7 +234,7 @@ class Pump:
         """
         first_seen: Optional[float] = None
         while not self._should_stop():
-            held = self.in_flight + sum(len(ids) for ids, _ in self._to_ack.values())
+            held = self.in_flight + sum(events for _, _, events in self._to_ack.values())
             waiting = await self.db.run(qs.pending) - held
             if waiting >= self.batch_size:
                 return True
@@ -252,8 +258,8 @@ class Pump:
         pending = [self._to_ack.pop(n) for n in keys]
         if not pending:
             return
-        ids = [i for batch_ids, _ in pending for i in batch_ids]
-        times = [at for _, at in pending if at is not None]
+        ids = [i for batch_ids, _, _ in pending for i in batch_ids]
+        times = [at for _, at, _ in pending if at is not None]
         try:
             acked = await self.db.run(qs.ack, self.owner, ids, success_at=max(times) if times else None)
             # Never `self.sent += await ...`: that reads self.sent before the await
@@ -265,6 +271,7 @@ class Pump:
 
     async def _release_held(self, number: int) -> None:
         ids = self._holding.pop(number, None)
+        self._holding_events.pop(number, None)
         if ids:
             try:
                 await self.db.run(qs.release, self.owner, ids)
@@ -283,6 +290,6 @@ class Pump:
                 return
 
     def stats(self, remaining: int, elapsed: float) -> DrainStats:
-        failed = self.dead_lettered + len(self.failed_ids)
+        failed = self.dead_lettered + sum(self.failed_ids.values())
         error = self.last_error if (self.failed_ids or self.last_error in (StopReason.AUTH, StopReason.DEADLINE)) else None
         return DrainStats(self.sent, self.dead_lettered, failed, remaining, error, elapsed)

@@ -27,9 +27,12 @@ class QueueTable(NamedTuple):
     # it is (an event's app; a profile's kind, 'user' or 'company').
     dead_letter_id: str
     dead_letter_tag: str
+    # How many items a row holds: an events row is a segment of event_count
+    # events (migration 0005); a profile row is one profile. Counters count items.
+    items: str = "1"
 
 
-EVENTS = QueueTable("events", "sent", "dead_lettered", "transaction_id", "app")
+EVENTS = QueueTable("events", "sent", "dead_lettered", "transaction_id", "app", "event_count")
 PROFILES = QueueTable("profiles", "profiles_sent", "profiles_dead_lettered", "kind || ':' || profile_id", "kind")
 
 
@@ -64,25 +67,33 @@ RETURNING {returning}
 
 
 def delete_sent(conn: sqlite3.Connection, table: QueueTable, owner: str, ids: Sequence[int]) -> int:
-    """Delete rows Moesif accepted (only those still claimed by `owner`); count them as sent."""
-    deleted = conn.execute(f"DELETE FROM {table.name} WHERE claimed_by = ? AND {_IDS}",
-                           (owner, ids_json(ids))).rowcount
+    """Delete rows Moesif accepted (only those still claimed by `owner`); count their
+    items as sent and return that count."""
+    deleted = _items(conn.execute(f"DELETE FROM {table.name} WHERE claimed_by = ? AND {_IDS} RETURNING {table.items}",
+                                  (owner, ids_json(ids))))
     if deleted:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (deleted, table.sent_counter))
     return deleted
 
 
 def give_back(conn: sqlite3.Connection, table: QueueTable, owner: str, ids: Optional[Sequence[int]] = None) -> int:
-    """Unclaim rows (all of `owner`'s when `ids` is None) so that any drainer takes them at once."""
+    """Unclaim rows (all of `owner`'s when `ids` is None) so that any drainer takes them
+    at once; returns the items they hold."""
     sql = f"UPDATE {table.name} SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by = ?"
     if ids is None:
-        return conn.execute(sql, (owner,)).rowcount
-    return conn.execute(f"{sql} AND {_IDS}", (owner, ids_json(ids))).rowcount
+        return _items(conn.execute(f"{sql} RETURNING {table.items}", (owner,)))
+    return _items(conn.execute(f"{sql} AND {_IDS} RETURNING {table.items}", (owner, ids_json(ids))))
+
+
+def _items(cursor: sqlite3.Cursor) -> int:
+    return sum(count for (count,) in cursor)
 
 
 def move_to_dead_letters(conn: sqlite3.Connection, table: QueueTable, owner: str, ids: Sequence[int],
                          status: Optional[int], reason: str, now: float) -> int:
-    """Move claimed rows to the dead letters with the status and reason; count them."""
+    """Move claimed rows to the dead letters with the status and reason; count them.
+    Each row must hold one item: the caller cuts an events segment first
+    (`queue_store.dead_letter`), since a dead letter is one event."""
     id_list = ids_json(ids)
     moved = conn.execute(
         f"INSERT INTO dead_letters (transaction_id, created_at, body, status, reason, failed_at, "

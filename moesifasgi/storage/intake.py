@@ -20,32 +20,86 @@ EventRow = Tuple[str, float, str]
 # (kind, profile_id, created_at, body)
 ProfileRow = Tuple[str, str, float, str]
 
-# A group is written with one multi-row INSERT ... VALUES (split past 240 rows:
-# 4 parameters a row stays under SQLite's oldest limit of 999 per statement).
-# One statement, so that the GIL is released and taken back once per group:
-# each re-take waits for the app's event loop to hand it over, and with a
-# statement per row (executemany), or even a few per group, that wait stretched
-# the commit under load, and with it what a kill -9 loses in batched mode (the
-# fault-injection test saw 38 lost with five statements per group). Bound
-# parameters rather than one JSON array unpacked by json_each: no escaping of
-# each event's text into the array and parsing it back three times per row,
-# which nearly doubled the CPU per row.
-_MAX_ROWS_PER_STATEMENT = 240
+# A group is stored as segments: one row holding up to SEGMENT_EVENTS events
+# (and about SEGMENT_BYTES of JSON), their texts joined by commas (migration
+# 0005). The flusher then claims, reads and deletes one row per segment, not
+# per event: per-row work was most of the queue's cost per drained event. The
+# cap of 100 is the default BATCH_SIZE, so that a segment normally fits a
+# batch whole; a smaller BATCH_SIZE splits a segment once, when it is claimed.
+# All the segments of a group go in one statement, so that the writer takes
+# the GIL back once per group: each re-take waits for the app's event loop to
+# hand it over, and that wait stretches the commit window under load (and
+# with it what a kill -9 loses in batched mode).
+SEGMENT_EVENTS = 100
+SEGMENT_BYTES = 1 << 20
+# 5 parameters a row stays under SQLite's oldest limit of 999 per statement.
+_MAX_ROWS_PER_STATEMENT = 160
+
+# (transaction_id, created_at, body, app, event_count, lengths)
+SegmentRow = Tuple[str, float, bytes, Optional[int], int, Optional[str]]
 
 
 @functools.lru_cache(maxsize=None)
 def _insert_sql(rows: int) -> str:
-    return "INSERT INTO events (transaction_id, created_at, body, app) VALUES " + ",".join(["(?,?,?,?)"] * rows)
+    return ("INSERT INTO events (transaction_id, created_at, body, app, event_count, lengths) VALUES "
+            + ",".join(["(?,?,'',?,?,?)"] * rows))
 
 
-def insert_events(conn: sqlite3.Connection, rows: Sequence[EventRow], app: Optional[int]) -> None:
-    """INSERT `rows` in order, tagged with `app`: one statement per 240 rows."""
+@functools.lru_cache(maxsize=None)
+def _bodies_sql(rows: int) -> str:
+    return "INSERT INTO event_bodies (id, body) VALUES " + ",".join(["(?,?)"] * rows)
+
+
+def segment(rows: Sequence[EventRow], app: Optional[int]) -> SegmentRow:
+    """One segment row from `rows` (in order): their JSON joined by commas as UTF-8."""
+    texts = [row[2] for row in rows]
+    joined = ",".join(texts)
+    if joined.isascii():  # O(1) in CPython: then characters are bytes
+        lengths = [len(t) for t in texts]
+        body = joined.encode("ascii")
+    else:
+        lengths = [len(t.encode("utf-8")) for t in texts]
+        body = joined.encode("utf-8")
+    return (rows[0][0], min(row[1] for row in rows), body, app, len(rows),
+            None if len(rows) == 1 else ",".join(map(str, lengths)))
+
+
+def segments(rows: Sequence[EventRow], app: Optional[int], *, max_events: int = SEGMENT_EVENTS,
+             max_bytes: int = SEGMENT_BYTES) -> List[SegmentRow]:
+    """`rows` cut into segments of at most `max_events` events and about `max_bytes`."""
+    out: List[SegmentRow] = []
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        if index > start and (index - start >= max_events or size + len(row[2]) > max_bytes):
+            out.append(segment(rows[start:index], app))
+            start, size = index, 0
+        size += len(row[2]) + 1
+    if start < len(rows):
+        out.append(segment(rows[start:], app))
+    return out
+
+
+def insert_segments(conn: sqlite3.Connection, rows: Sequence[SegmentRow]) -> None:
+    """INSERT segment rows in order (their JSON into event_bodies): two statements per 160 rows."""
     for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
         chunk = rows[start:start + _MAX_ROWS_PER_STATEMENT]
         params: List[object] = []
-        for transaction_id, created_at, body in chunk:
-            params += (transaction_id, created_at, body, app)
-        conn.execute(_insert_sql(len(chunk)), params)
+        for tid, created_at, _, app, count, lengths in chunk:
+            params += (tid, created_at, app, count, lengths)
+        last = conn.execute(_insert_sql(len(chunk)), params).lastrowid
+        # Under the write lock, AUTOINCREMENT gives the rows of one INSERT
+        # consecutive ids, the last one reported here.
+        first = int(last) - len(chunk) + 1  # type: ignore[arg-type]
+        bodies: List[object] = []
+        for offset, row in enumerate(chunk):
+            bodies += (first + offset, row[2])
+        conn.execute(_bodies_sql(len(chunk)), bodies)
+
+
+def insert_events(conn: sqlite3.Connection, rows: Sequence[EventRow], app: Optional[int]) -> None:
+    """INSERT `rows` in order, tagged with `app`, as segments."""
+    if rows:
+        insert_segments(conn, segments(rows, app))
 
 
 def pending_events(conn: sqlite3.Connection) -> int:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from moesifasgi.storage import immediate
 from moesifasgi.storage.claims import EVENTS, delete_sent, give_back, ids_json, move_to_dead_letters
+from moesifasgi.storage.segments import (  # noqa: F401  (Row, StoredEvent, split_segment, stored_events: re-exported)
+    SEGMENT_SQL, ROW_COLUMNS, Row, StoredEvent, cut, cut_row, row_from, segment_columns, split_segment, split_to_fit,
+    stored_events,
+)
 
 # Moesif refuses batches over 50 MB whatever the compression; the brackets and
 # commas of the joined array count too.
@@ -33,24 +37,17 @@ KV_LAST_SUCCESS = "last_success_at"
 KV_LAST_ERROR = "last_error"
 
 
-class Row(NamedTuple):
-    id: int
-    transaction_id: str
-    created_at: float
-    body: str
-    app: Optional[int] = None  # apps.id of the app that recorded it; None: the flusher's own
-
-
 # The events claim in two plain statements instead of claims.claim_sql's window
 # functions and RETURNING: read the oldest claimable rows of one app (a batch is
 # posted under one application id; see migrations/0004), keep those within the
-# byte budget here, then mark exactly them by their id range (the other rows in
-# that range are claimed already or another app's, which the UPDATE's filter
-# excludes as the SELECT did). That costs markedly less CPU per event
-# (``benchmarks/queue_access.py`` prints it).
+# event count and byte budget here, then mark exactly them by their id range
+# (the other rows in that range are claimed already or another app's, which the
+# UPDATE's filter excludes as the SELECT did). Rows are segments (0005): the
+# cursor is read one row at a time and left as soon as the batch is full, so
+# the LIMIT (in rows, each at least one event) reads no more than is kept.
 _CLAIMABLE_SQL = (
-    "SELECT id, transaction_id, created_at, body, app, length(CAST(body AS BLOB)) FROM events "
-    "WHERE claimed_until < ?1 AND app IS (SELECT app FROM events WHERE claimed_until < ?1 ORDER BY id LIMIT 1) "
+    f"SELECT {ROW_COLUMNS} FROM events WHERE claimed_until < ?1 "
+    "AND app IS (SELECT app FROM events WHERE claimed_until < ?1 ORDER BY id LIMIT 1) "
     "ORDER BY id LIMIT ?2"
 )
 _MARK_SQL = (
@@ -72,7 +69,7 @@ def ack_and_claim(conn: sqlite3.Connection, owner: str, ack_ids: Sequence[int], 
     """`ack` the batch just accepted and `claim` the next one in a single transaction.
 
     A worker does both back to back; one transaction and one thread hop instead
-    of two is a measurable share of the drain rate. Returns (acked, claimed rows).
+    of two is a measurable share of the drain rate. Returns (events acked, claimed rows).
     """
     with immediate(conn):
         acked = _ack(conn, owner, ack_ids, success_at) if ack_ids else 0
@@ -82,18 +79,28 @@ def ack_and_claim(conn: sqlite3.Connection, owner: str, ack_ids: Sequence[int], 
 def _claim(conn: sqlite3.Connection, owner: str, limit: int, claim_seconds: float, max_bytes: int,
            now: Optional[float]) -> List[Row]:
     now = time.time() if now is None else now
-    found = conn.execute(_CLAIMABLE_SQL, (now, limit)).fetchall()
+    cursor = conn.execute(_CLAIMABLE_SQL, (now, limit))
+    found: List[tuple] = []
+    # The brackets and commas of the joined array count too. The first event is
+    # always taken, so a single oversized event still moves (Moesif's 413 isolates it).
+    events, total = 0, 1
+    for row in cursor:
+        events += row[5]
+        total += row[7] + 1
+        if found and (events > limit or total > max_bytes):
+            break
+        found.append(row)
+        if events >= limit:
+            break
+    cursor.close()
     if not found:
         return []
-    # The brackets and commas of the joined array count too. The first row is
-    # always taken, so a single oversized row still moves (Moesif's 413 isolates it).
-    total, kept = 0, 0
-    for row in found:
-        total += row[5] + 1
-        if kept and total > max_bytes - 1:
-            break
-        kept += 1
-    rows = [Row(*r[:5]) for r in found[:kept]]
+    if len(found) == 1 and found[0][5] > 1 and (found[0][5] > limit or found[0][7] + 2 > max_bytes):
+        # One segment larger than a batch (BATCH_SIZE below the writer's segment
+        # size, or a small byte budget): cut it, once, into pieces that fit, and
+        # take the first. The pieces keep the segment's place in the queue.
+        found = [split_to_fit(conn, found[0], limit, max_bytes)]
+    rows = [row_from(r) for r in found]
     conn.execute(_MARK_SQL, (owner, now + claim_seconds, rows[0].id, rows[-1].id, now, rows[0].app))
     return rows
 
@@ -126,10 +133,21 @@ def release(conn: sqlite3.Connection, owner: str, ids: Optional[Sequence[int]] =
 
 def dead_letter(conn: sqlite3.Connection, owner: str, ids: Sequence[int], status: Optional[int],
                 reason: str, *, now: Optional[float] = None) -> int:
-    """Move claimed events to the dead-letter table with the status and reason."""
+    """Move claimed events (rows of ours, segments included) to the dead-letter
+    table with the status and reason, one dead letter per event; returns how many."""
     now = time.time() if now is None else now
     with immediate(conn):
-        return move_to_dead_letters(conn, EVENTS, owner, ids, status, reason, now)
+        single = list(ids)
+        for row_id in ids:
+            found = conn.execute(SEGMENT_SQL, (row_id, owner)).fetchone()
+            if found is not None and found[5] > 1:
+                single.remove(row_id)
+                single += [r[0] for r in cut_row(conn, found, [[b] for b in cut(found[3], found[6])])]
+        # A dead letter holds the event's JSON text in its row, as before segments.
+        conn.execute("UPDATE events SET body = (SELECT CAST(body AS TEXT) FROM event_bodies WHERE "
+                     "event_bodies.id = events.id) WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?)) "
+                     "AND id IN (SELECT id FROM event_bodies)", (owner, ids_json(single)))
+        return move_to_dead_letters(conn, EVENTS, owner, single, status, reason, now)
 
 
 def _where_ids(ids: Optional[Sequence[int]]) -> tuple:
@@ -203,16 +221,14 @@ def missing_dead_letter_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> Lis
 def peek(conn: sqlite3.Connection, n: int = 10, now: Optional[float] = None) -> List[Dict[str, Any]]:
     """The next `n` events in queue order, with their parsed JSON."""
     now = time.time() if now is None else now
-    cur = conn.execute(
-        "SELECT id, transaction_id, created_at, attempts, claimed_until, body FROM events ORDER BY id LIMIT ?", (n,))
     result = []
-    for id_, tid, created_at, attempts, claimed_until, body in cur.fetchall():
+    for stored in stored_events(conn, n):
         try:
-            event: Any = json.loads(body)
+            event: Any = json.loads(stored.body)
         except ValueError:
-            event = body
-        result.append({"id": id_, "transaction_id": tid, "created_at": created_at, "attempts": attempts,
-                       "in_flight": claimed_until >= now, "event": event})
+            event = stored.body
+        result.append({"id": stored.row_id, "transaction_id": stored.transaction_id, "created_at": stored.created_at,
+                       "attempts": stored.attempts, "in_flight": stored.claimed_until >= now, "event": event})
     return result
 
 
@@ -244,8 +260,9 @@ def scan_stats(conn: sqlite3.Connection, now: Optional[float] = None) -> Tuple[i
     is not necessarily the oldest event.
     """
     now = time.time() if now is None else now
+    count = segment_columns(conn).split(",")[0]  # no body read: a scan of the small rows
     claimed, oldest = conn.execute(
-        "SELECT COALESCE(SUM(claimed_until >= ?), 0), MIN(created_at) FROM events", (now,)).fetchone()
+        f"SELECT COALESCE(SUM((claimed_until >= ?) * {count}), 0), MIN(created_at) FROM events", (now,)).fetchone()
     return int(claimed), None if oldest is None else max(0.0, now - oldest)
 
 

@@ -3,7 +3,7 @@
 A file found corrupt is moved aside as `<queue>.corrupt-<time>-<pid>` (see
 `storage.quarantine`) and a fresh queue takes its place at once. The rows of
 the moved file that can still be read are copied into the live queue here,
-event by event with their transaction ids (Moesif drops a copy of an event it
+segment by segment (each event keeps its transaction id) (Moesif drops a copy of an event it
 already has), by the flusher on its own (`salvage_moved_files`) or by
 `moesif-flush salvage FILE`. A salvaged file is renamed `...salvaged` and kept
 for inspection, never deleted.
@@ -21,7 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from . import immediate
+from . import immediate, intake
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +124,19 @@ def salvage(moved_path: str, target: sqlite3.Connection) -> Salvaged:
         with immediate(target):
             for n, application_id in apps.items():
                 app_map[n] = _app_in(target, application_id)
-        has_app = "events" in tables and "app" in _columns(source, "events")
+        event_columns = _columns(source, "events") if "events" in tables else []
+        has_app = "app" in event_columns
+        # Segments (0005) are copied whole: a readable row is all its events.
+        has_segments = "event_count" in event_columns
+        body = "body"
+        if "event_bodies" in tables:  # a segment's JSON is kept apart from its row (0005)
+            body = "COALESCE((SELECT body FROM event_bodies WHERE event_bodies.id = events.id), events.body)"
         if "events" in tables:
-            columns = ["transaction_id", "created_at", "body"] + (["app"] if has_app else [])
+            columns = ["transaction_id", "created_at", body, "app" if has_app else "NULL",
+                       "event_count" if has_segments else "1", "lengths" if has_segments else "NULL"]
             batch: List[tuple] = []
             for row in _readable(source, "events", columns, out):
-                app = app_map.get(row[3]) if has_app else None
-                batch.append((row[0], row[1], row[2], app))
+                batch.append((row[0], row[1], row[2], app_map.get(row[3]) if has_app else None, row[4], row[5]))
                 if len(batch) >= _CHUNK:
                     out.events += _insert(target, "events", batch)
                     batch = []
@@ -159,9 +165,10 @@ def _insert(target: sqlite3.Connection, table: str, rows: List[tuple]) -> int:
         return 0
     with immediate(target):
         if table == "events":
-            target.executemany("INSERT INTO events (transaction_id, created_at, body, app) VALUES (?, ?, ?, ?)", rows)
-        else:
-            target.executemany("INSERT INTO profiles (kind, profile_id, created_at, body) VALUES (?, ?, ?, ?)", rows)
+            intake.insert_segments(target, [(tid, created_at, body.encode("utf-8") if isinstance(body, str) else body,
+                                             app, count, lengths) for tid, created_at, body, app, count, lengths in rows])
+            return sum(row[4] for row in rows)  # events, not segments
+        target.executemany("INSERT INTO profiles (kind, profile_id, created_at, body) VALUES (?, ?, ?, ?)", rows)
     return len(rows)
 
 
