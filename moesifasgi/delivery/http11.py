@@ -82,7 +82,10 @@ class Http11Poster:
         self.timeout = timeout
         self.keepalive_expiry = keepalive_expiry
         self._idle: List[_Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self.max_connections = max_connections
+        # Made on the first post, in the loop that posts: on Python 3.9 an asyncio
+        # primitive belongs to the loop current when it is created.
+        self._slots: Optional[asyncio.Semaphore] = None
         self._ssl: Optional[ssl.SSLContext] = None
         self._closed = False
 
@@ -101,8 +104,11 @@ class Http11Poster:
                 f"Content-Length: {len(body)}"]
         head += [f"{name}: {value}" for name, value in merged.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_connections)
+        slots = self._slots
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.timeout.pool)
+            await asyncio.wait_for(slots.acquire(), self.timeout.pool)
         except asyncio.TimeoutError as exc:
             raise PostFailed("PoolTimeout: no connection free") from exc
         try:
@@ -128,7 +134,7 @@ class Http11Poster:
                 return response
             raise PostFailed("unreachable")  # pragma: no cover
         finally:
-            self._slots.release()
+            slots.release()
 
     async def _connection(self) -> _Connection:
         now = time.monotonic()
