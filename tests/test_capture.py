@@ -34,9 +34,17 @@ def test_a_forked_child_draws_transaction_ids_of_its_own() -> None:
     theirs = out.get(timeout=60)
     child.join(60)
     ours = [new_transaction_id() for _ in range(100)]
-    assert not set(theirs) & set(ours)
-    # Not merely different values: the child's ids share none of the per-process prefix.
-    assert theirs[0][:24] != before[:24] and ours[0][:24] == before[:24]
+    # The parent had drawn 256 ids' worth of randomness before forking: the
+    # child must not hand out the rest of that draw.
+    assert not set(theirs) & set(ours + [before])
+
+
+def test_transaction_ids_do_not_count_calls() -> None:
+    # The id goes to clients in X-Moesif-Transaction-Id: consecutive ids must not
+    # share a prefix or step by one, which would tell how many calls a worker served.
+    first, second = new_transaction_id(), new_transaction_id()
+    assert first[:24] != second[:24]
+    assert abs(int(first[24:], 16) - int(second[24:], 16)) > 1
 
 
 def _exchange(request_headers: List[Tuple[bytes, bytes]], response_headers: List[Tuple[bytes, bytes]],
