@@ -132,7 +132,7 @@ class Exchange:
         "_receive",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, *, log_body: bool, body_limit: int, use_transaction_id: bool) -> None:
+    def __init__(self, scope: Scope, receive: Receive, log_body: bool, body_limit: int, use_transaction_id: bool) -> None:
         self.scope = scope
         self.started_at = time.time()
         self.finished_at: Optional[float] = None
