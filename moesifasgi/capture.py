@@ -53,6 +53,23 @@ def new_transaction_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:]}"
 
 
+# Header names as the wire gives them -> their lower-cased text. A server sends the
+# same few dozen names over and over: a dict lookup instead of a decode and a
+# lower() each. Bounded (clients choose names); cleared when full so that the
+# common names come back even after a flood of odd ones.
+_NAMES: Dict[bytes, str] = {}
+_NAMES_MAX = 512
+
+
+def _header_name(raw_name: bytes) -> str:
+    name = raw_name.decode("latin-1").lower()
+    if type(raw_name) is bytes:  # a bytearray cannot be a key, and could change
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[raw_name] = name
+    return name
+
+
 def decode_headers(raw: Optional[RawHeaders]) -> Dict[str, str]:
     """Lowercase name -> value; repeated headers joined with ', '.
 
@@ -61,13 +78,17 @@ def decode_headers(raw: Optional[RawHeaders]) -> Dict[str, str]:
     """
     if not raw:
         return {}
-    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    names = _NAMES
+    try:
+        headers = {names[name]: value.decode("latin-1") for name, value in raw}
+    except (KeyError, TypeError):  # a name not seen yet (or not hashable)
+        headers = {_header_name(name): value.decode("latin-1") for name, value in raw}
     if len(headers) == len(raw):
         return headers
     # Some name repeats: join its values in order instead of keeping the last.
     headers = {}
     for name, value in raw:
-        key = name.decode("latin-1").lower()
+        key = _header_name(name)
         text = value.decode("latin-1")
         headers[key] = headers[key] + ", " + text if key in headers else text
     return headers

@@ -88,3 +88,21 @@ def test_the_response_callbacks_get_has_no_body_when_none_was_kept() -> None:
     assert response.body is None and response.media_type is None and response.status_code == 201
     exchange.status = None
     assert response_for(exchange).status_code == 500
+
+
+def test_header_names_are_lower_cased_the_same_whether_seen_before_or_not() -> None:
+    from moesifasgi.capture import decode_headers
+
+    raw = [(b"X-Seen-Once", b"a"), (bytearray(b"X-Mutable"), b"b"), (b"x-seen-once", b"c")]
+    first = decode_headers(raw)
+    again = decode_headers(raw)
+    assert first == again == {"x-seen-once": "a, c", "x-mutable": "b"}
+
+
+def test_a_flood_of_distinct_header_names_keeps_the_name_cache_bounded() -> None:
+    from moesifasgi import capture
+
+    for i in range(5 * capture._NAMES_MAX):
+        assert capture.decode_headers([(f"X-Odd-{i}".encode(), b"v")]) == {f"x-odd-{i}": "v"}
+        assert len(capture._NAMES) <= capture._NAMES_MAX
+    assert capture.decode_headers([(b"Host", b"h")]) == {"host": "h"}
