@@ -151,6 +151,7 @@ class Exchange:
         "_uri",
         "_ip_address",
         "_receive",
+        "_multipart",
     )
 
     def __init__(self, scope: Scope, receive: Receive, log_body: bool, body_limit: int, use_transaction_id: bool) -> None:
@@ -182,6 +183,7 @@ class Exchange:
         self._uri: Optional[str] = None
         self._ip_address: Optional[str] = None
         self._receive = receive
+        self._multipart: Optional[bool] = None  # whether the request body is multipart, once known
 
     # The URL and client IP are needed by governance, sampling and the event
     # itself: worked out once, on first use.
@@ -222,28 +224,40 @@ class Exchange:
         length = length.strip()
         if not length.isdigit() or not 0 < int(length) <= self.body_limit:
             return False
-        return not is_multipart(self.request_headers.get("content-type"))
+        multipart = self._multipart = is_multipart(self.request_headers.get("content-type"))
+        return not multipart
 
     async def read_ahead(self) -> Receive:
         """Read (and capture) the request body now; return the `receive` for the app,
         which replays the very same messages, then reads on."""
+        receive = self.receive
         messages: Deque[Message] = deque()
         failure: List[Exception] = []
-        size = 0
         try:
-            while True:
-                message = await self.receive()
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                # The common case, the whole body in one message (or http.disconnect,
+                # which the app will see too): replayed without a queue.
+                first = [message]
+
+                async def replay_first() -> Message:
+                    if first:
+                        return first.pop()
+                    return await receive()
+
+                return replay_first
+            messages.append(message)
+            size = len(message.get("body", b""))
+            while size <= self.body_limit:  # beyond: a client sending more than it declared, streamed
+                message = await receive()
                 messages.append(message)
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     break  # the whole body, or http.disconnect: the app will see it too
                 size += len(message.get("body", b""))
-                if size > self.body_limit:
-                    break  # a client sending more than it declared: stream the rest
         except Exception as exc:
             # The server's receive failed: the app gets what came before, then
             # the very same error, where it would have met it.
             failure.append(exc)
-        receive = self.receive
 
         async def replay() -> Message:
             if messages:
@@ -256,7 +270,10 @@ class Exchange:
 
     def _new_request_body(self) -> Union[BodyBuffer, MultipartSummary]:
         content_type = self.request_headers.get("content-type")
-        if is_multipart(content_type):
+        multipart = self._multipart
+        if multipart is None:
+            multipart = self._multipart = is_multipart(content_type)
+        if multipart:
             summary = MultipartSummary.from_content_type(content_type)
             if summary is not None:
                 return summary
