@@ -20,6 +20,7 @@ from .per_process import after_fork_in_child
 
 TRANSACTION_HEADER = "x-moesif-transaction-id"
 _TRANSACTION_HEADER_BYTES = TRANSACTION_HEADER.encode("latin-1")
+_TRANSACTION_HEADER_LENGTH = len(_TRANSACTION_HEADER_BYTES)
 
 RawHeaders = List[Tuple[bytes, bytes]]
 
@@ -282,16 +283,17 @@ class Exchange:
     def on_response_start(self, message: Message) -> Message:
         """Note status and headers; return the message to send (with our id header)."""
         self.response_started = True
-        self.status = int(message.get("status", 200))
+        status = message.get("status", 200)
+        self.status = status if type(status) is int else int(status)
         headers = list(message.get("headers") or ())
         if self.transaction_header:
             for name, _ in headers:
-                if name.lower() == _TRANSACTION_HEADER_BYTES:
+                # Only a name of the same length can be ours: no lower() for the others.
+                if len(name) == _TRANSACTION_HEADER_LENGTH and name.lower() == _TRANSACTION_HEADER_BYTES:
                     break  # the app set its own: sent as it is
             else:
                 headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
-                message = dict(message)
-                message["headers"] = headers
+                message = {**message, "headers": headers}
         self.response_raw_headers = headers
         return message
 
@@ -299,9 +301,10 @@ class Exchange:
         """Copy a body chunk; True when this is the last one."""
         chunk = message.get("body", b"")
         if chunk and self.log_body:
-            if self.response_body is None:
-                self.response_body = BodyBuffer(self.body_limit)
-            self.response_body.append(chunk)
+            body = self.response_body
+            if body is None:
+                body = self.response_body = BodyBuffer(self.body_limit)
+            body.append(chunk)
         if message.get("more_body", False):
             return False
         self.response_complete = True
