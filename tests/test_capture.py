@@ -121,3 +121,12 @@ def test_a_transaction_id_header_the_app_set_in_any_case_is_sent_as_it_is_and_no
     assert sent["headers"] == [(b"x-moesif-transaction-idx", b"other"),
                                (b"x-moesif-transaction-id", fresh.transaction_id.encode())]
     assert apps == [(b"x-moesif-transaction-idx", b"other")]  # the app's list is left alone
+
+
+def test_transaction_ids_keep_every_random_bit_around_the_version_and_variant() -> None:
+    ids = [new_transaction_id() for _ in range(4000)]
+    # Only the version nibble and the variant's two top bits are fixed, as in uuid4().
+    assert {text[14] for text in ids} == {"4"}
+    assert {text[19] for text in ids} == set("89ab")
+    for position in (0, 15, 16, 20, 35):
+        assert {text[position] for text in ids} == set("0123456789abcdef"), position
