@@ -10,7 +10,9 @@ on, the flusher external (nothing drains). Prints the main thread's CPU time per
 above the bare app's, and the queue writer thread's CPU time per call (SQLite's
 work included), each the median of the rounds. With --against, each round runs the
 other checkout's package too, in its own process, alternating, so that a busy
-machine weighs on both alike.
+machine weighs on both alike. With --capture-only, recording is stubbed out (the
+event is neither built nor queued): what the capture itself costs, the `Exchange`
+and the wrapped `receive` and `send`.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ ECHO = json.dumps({"user": "ann", "items": [{"sku": f"SKU-{i}", "qty": i, "note"
                                              for i in range(12)]}).encode()
 
 
-def _child(calls: int) -> Dict[str, float]:
+def _child(calls: int, capture_only: bool = False) -> Dict[str, float]:
     """One measurement in this process: {"<endpoint> main": µs, "<endpoint> writer": µs}."""
     import uvloop
 
@@ -92,6 +94,11 @@ def _child(calls: int) -> Dict[str, float]:
             "APPLICATION_ID": "bench", "QUEUE_PATH": queue, "FLUSHER": "external", "LOG_BODY": True,
             "SKIP": skip, "IDENTIFY_USER": identify_user})
         scope = scope_for(name, method, body)
+        if capture_only:
+            async def finish(exchange, strict=None):
+                exchange.recorded = True
+
+            app._finish = finish
 
         async def run() -> tuple:
             await drive(app, scope, body, 1000)  # warm-up: the writer thread starts
@@ -110,9 +117,10 @@ def _child(calls: int) -> Dict[str, float]:
     return result
 
 
-def _measure(python: str, checkout: str, calls: int) -> Dict[str, float]:
+def _measure(python: str, checkout: str, calls: int, capture_only: bool = False) -> Dict[str, float]:
     env = dict(os.environ, PYTHONPATH=checkout)
-    out = subprocess.run([python, os.path.abspath(__file__), "--child", str(calls)], env=env, cwd="/",
+    command = [python, os.path.abspath(__file__), "--child", str(calls)] + (["--capture-only"] if capture_only else [])
+    out = subprocess.run(command, env=env, cwd="/",
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -122,10 +130,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--against", help="another checkout of this package, measured alternately")
+    parser.add_argument("--capture-only", action="store_true", help="stub recording out: the capture's own cost")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child)))
+        print(json.dumps(_child(args.child, args.capture_only)))
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     checkouts = {"this checkout": here}
@@ -134,7 +143,7 @@ def main() -> None:
     runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in checkouts}
     for round_no in range(args.rounds):
         for name, path in checkouts.items():
-            measured = _measure(sys.executable, path, args.calls)
+            measured = _measure(sys.executable, path, args.calls, args.capture_only)
             runs[name].append(measured)
             print(f"round {round_no + 1} {name:13s} " + "  ".join(f"{k} {v:6.1f}" for k, v in measured.items()),
                   flush=True)

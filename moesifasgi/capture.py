@@ -20,15 +20,19 @@ from .per_process import after_fork_in_child
 
 TRANSACTION_HEADER = "x-moesif-transaction-id"
 _TRANSACTION_HEADER_BYTES = TRANSACTION_HEADER.encode("latin-1")
+_TRANSACTION_HEADER_LENGTH = len(_TRANSACTION_HEADER_BYTES)
 
 RawHeaders = List[Tuple[bytes, bytes]]
 
 # Transaction ids are drawn from the OS's random source, 256 at a time: one
 # getrandom() call and one hex conversion per 256 ids. Each id is as random as
 # str(uuid.uuid4()) (it is sent to clients in X-Moesif-Transaction-Id, so it must
-# not tell how many calls a worker served), at about half its cost.
+# not tell how many calls a worker served), at a fraction of its cost. The version
+# and variant bits are set for the whole draw at once (two translate() calls), so
+# that each id is five slices of the hex text.
 _IDS_PER_DRAW = 256
-_VARIANT = "89ab" * 4  # the variant nibble: 10xx, from any random hex digit
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6: 0100xxxx
+_VARIANT_10 = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: 10xxxxxx
 _random_hex = ""
 _random_at = 0
 
@@ -42,15 +46,22 @@ def _forget_random_after_fork() -> None:
 after_fork_in_child(_forget_random_after_fork)
 
 
+def _draw_ids() -> str:
+    raw = bytearray(os.urandom(16 * _IDS_PER_DRAW))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT_10)
+    return raw.hex()
+
+
 def new_transaction_id() -> str:
     """A random version-4 UUID string, as ``str(uuid.uuid4())`` gives."""
     global _random_hex, _random_at
     at = _random_at
     if at >= len(_random_hex):
-        _random_hex, at = os.urandom(16 * _IDS_PER_DRAW).hex(), 0
+        _random_hex, at = _draw_ids(), 0
     _random_at = at + 32
-    h = _random_hex[at:at + 32]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:]}"
+    h = _random_hex
+    return f"{h[at:at + 8]}-{h[at + 8:at + 12]}-{h[at + 12:at + 16]}-{h[at + 16:at + 20]}-{h[at + 20:at + 32]}"
 
 
 # Header names as the wire gives them -> their lower-cased text. A server sends the
@@ -151,6 +162,7 @@ class Exchange:
         "_uri",
         "_ip_address",
         "_receive",
+        "_multipart",
     )
 
     def __init__(self, scope: Scope, receive: Receive, log_body: bool, body_limit: int, use_transaction_id: bool) -> None:
@@ -182,6 +194,7 @@ class Exchange:
         self._uri: Optional[str] = None
         self._ip_address: Optional[str] = None
         self._receive = receive
+        self._multipart: Optional[bool] = None  # whether the request body is multipart, once known
 
     # The URL and client IP are needed by governance, sampling and the event
     # itself: worked out once, on first use.
@@ -222,28 +235,40 @@ class Exchange:
         length = length.strip()
         if not length.isdigit() or not 0 < int(length) <= self.body_limit:
             return False
-        return not is_multipart(self.request_headers.get("content-type"))
+        multipart = self._multipart = is_multipart(self.request_headers.get("content-type"))
+        return not multipart
 
     async def read_ahead(self) -> Receive:
         """Read (and capture) the request body now; return the `receive` for the app,
         which replays the very same messages, then reads on."""
+        receive = self.receive
         messages: Deque[Message] = deque()
         failure: List[Exception] = []
-        size = 0
         try:
-            while True:
-                message = await self.receive()
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                # The common case, the whole body in one message (or http.disconnect,
+                # which the app will see too): replayed without a queue.
+                first = [message]
+
+                async def replay_first() -> Message:
+                    if first:
+                        return first.pop()
+                    return await receive()
+
+                return replay_first
+            messages.append(message)
+            size = len(message.get("body", b""))
+            while size <= self.body_limit:  # beyond: a client sending more than it declared, streamed
+                message = await receive()
                 messages.append(message)
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     break  # the whole body, or http.disconnect: the app will see it too
                 size += len(message.get("body", b""))
-                if size > self.body_limit:
-                    break  # a client sending more than it declared: stream the rest
         except Exception as exc:
             # The server's receive failed: the app gets what came before, then
             # the very same error, where it would have met it.
             failure.append(exc)
-        receive = self.receive
 
         async def replay() -> Message:
             if messages:
@@ -256,7 +281,10 @@ class Exchange:
 
     def _new_request_body(self) -> Union[BodyBuffer, MultipartSummary]:
         content_type = self.request_headers.get("content-type")
-        if is_multipart(content_type):
+        multipart = self._multipart
+        if multipart is None:
+            multipart = self._multipart = is_multipart(content_type)
+        if multipart:
             summary = MultipartSummary.from_content_type(content_type)
             if summary is not None:
                 return summary
@@ -265,16 +293,17 @@ class Exchange:
     def on_response_start(self, message: Message) -> Message:
         """Note status and headers; return the message to send (with our id header)."""
         self.response_started = True
-        self.status = int(message.get("status", 200))
+        status = message.get("status", 200)
+        self.status = status if type(status) is int else int(status)
         headers = list(message.get("headers") or ())
         if self.transaction_header:
             for name, _ in headers:
-                if name.lower() == _TRANSACTION_HEADER_BYTES:
+                # Only a name of the same length can be ours: no lower() for the others.
+                if len(name) == _TRANSACTION_HEADER_LENGTH and name.lower() == _TRANSACTION_HEADER_BYTES:
                     break  # the app set its own: sent as it is
             else:
                 headers.append((_TRANSACTION_HEADER_BYTES, self.transaction_id.encode("latin-1")))
-                message = dict(message)
-                message["headers"] = headers
+                message = {**message, "headers": headers}
         self.response_raw_headers = headers
         return message
 
@@ -282,9 +311,10 @@ class Exchange:
         """Copy a body chunk; True when this is the last one."""
         chunk = message.get("body", b"")
         if chunk and self.log_body:
-            if self.response_body is None:
-                self.response_body = BodyBuffer(self.body_limit)
-            self.response_body.append(chunk)
+            body = self.response_body
+            if body is None:
+                body = self.response_body = BodyBuffer(self.body_limit)
+            body.append(chunk)
         if message.get("more_body", False):
             return False
         self.response_complete = True

@@ -106,3 +106,27 @@ def test_a_flood_of_distinct_header_names_keeps_the_name_cache_bounded() -> None
         assert capture.decode_headers([(f"X-Odd-{i}".encode(), b"v")]) == {f"x-odd-{i}": "v"}
         assert len(capture._NAMES) <= capture._NAMES_MAX
     assert capture.decode_headers([(b"Host", b"h")]) == {"host": "h"}
+
+
+def test_a_transaction_id_header_the_app_set_in_any_case_is_sent_as_it_is_and_not_added_twice() -> None:
+    exchange = Exchange({"type": "http", "headers": []}, None, log_body=True, body_limit=100, use_transaction_id=True)
+    own = [(b"X-Moesif-Transaction-ID", b"mine"), (b"x-moesif-transaction-idx", b"other")]
+    message = {"type": "http.response.start", "status": "201", "headers": own}
+    assert exchange.on_response_start(message) is message
+    assert exchange.response_raw_headers == own and exchange.status == 201
+
+    fresh = Exchange({"type": "http", "headers": []}, None, log_body=True, body_limit=100, use_transaction_id=True)
+    apps = [(b"x-moesif-transaction-idx", b"other")]
+    sent = fresh.on_response_start({"type": "http.response.start", "status": 200, "headers": apps})
+    assert sent["headers"] == [(b"x-moesif-transaction-idx", b"other"),
+                               (b"x-moesif-transaction-id", fresh.transaction_id.encode())]
+    assert apps == [(b"x-moesif-transaction-idx", b"other")]  # the app's list is left alone
+
+
+def test_transaction_ids_keep_every_random_bit_around_the_version_and_variant() -> None:
+    ids = [new_transaction_id() for _ in range(4000)]
+    # Only the version nibble and the variant's two top bits are fixed, as in uuid4().
+    assert {text[14] for text in ids} == {"4"}
+    assert {text[19] for text in ids} == set("89ab")
+    for position in (0, 15, 16, 20, 35):
+        assert {text[position] for text in ids} == set("0123456789abcdef"), position

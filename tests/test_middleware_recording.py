@@ -427,3 +427,46 @@ def test_the_original_readmes_mask_example_no_longer_loses_a_204_or_a_list_body(
     assert events[2]["response"]["body"] == {"password": None}  # masked as written
     assert read_problems(queue_path) == {"mask-failed": 2}
     assert read_counter(queue_path, "dropped") == 0
+
+
+async def test_a_body_read_ahead_in_one_message_is_replayed_once_then_the_server_is_read(queue_path):
+    upstream = [{"type": "http.request", "body": b'{"a":1}', "more_body": False}, {"type": "http.disconnect"}]
+    expected = list(upstream)
+    seen = []
+
+    async def receive():
+        return upstream.pop(0)
+
+    async def app(scope, receive, send):
+        seen.append(await receive())
+        seen.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    scope = http_scope("/x", method="POST", headers=[(b"host", b"h"), (b"content-length", b"7"),
+                                                      (b"content-type", b"application/json")])
+    await MoesifMiddleware(app, settings(queue_path))(scope, receive, Recorder())
+    assert seen == expected
+    [event] = read_events(queue_path)
+    assert event["request"]["body"] == {"a": 1}
+
+
+async def test_a_receive_that_fails_at_once_during_the_read_ahead_fails_for_the_app_at_its_first_read(queue_path):
+    async def receive():
+        raise OSError("connection reset")
+
+    seen = []
+
+    async def app(scope, receive, send):
+        try:
+            await receive()
+        except OSError as exc:
+            seen.append(str(exc))
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    scope = http_scope("/x", method="POST", headers=[(b"host", b"h"), (b"content-length", b"7")])
+    await MoesifMiddleware(app, settings(queue_path))(scope, receive, Recorder())
+    assert seen == ["connection reset"]
+    [event] = read_events(queue_path)
+    assert event["response"]["status"] == 400
