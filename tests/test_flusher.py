@@ -256,3 +256,39 @@ async def test_the_leader_delivers_queued_user_and_company_profiles_too(path, co
     assert [u["user_id"] for u in collector.users] == ["u-1"]
     assert [c["company_id"] for c in collector.companies] == ["c-1"]
     assert query(path, "SELECT COUNT(*) FROM profiles") == [(0,)]
+
+
+async def test_a_failed_profile_post_pauses_event_delivery_through_the_same_backoff(path, collector):
+    from moesifasgi import profiles
+    from moesifasgi.delivery.client import RETRY
+
+    profiles.update_user({"user_id": "u-1"}, queue_path=path).result(10)
+    collector.fail_next(503)  # the profiles' post: the only post while no event is queued
+    flusher = flusher_for(path, collector.url)
+    task = asyncio.ensure_future(flusher.run())
+    try:
+        assert await asyncio.to_thread(wait_until, lambda: flusher.delivery.failures[RETRY] == 1, 10)
+        assert flusher.delivery.pause_remaining() > 0  # the event workers wait too
+        insert_events(path, 2)
+        # After the pause, one loop delivers both: events first, then the profile again.
+        assert await asyncio.to_thread(wait_until, lambda: collector.users and collector.event_count >= 2, 20)
+    finally:
+        await flusher.stop(3)
+        await asyncio.gather(task, return_exceptions=True)
+    assert [u["user_id"] for u in collector.users] == ["u-1"]
+    assert [p for _, p, _, _ in collector.request_log if p.endswith("/batch")] == [
+        "/v1/users/batch", "/v1/events/batch", "/v1/users/batch"]
+
+
+async def test_a_drain_delivers_the_events_and_then_the_profiles(path, collector):
+    from moesifasgi import profiles
+
+    insert_events(path, 3)
+    profiles.update_company({"company_id": "c-1"}, queue_path=path).result(10)
+    flusher = flusher_for(path, collector.url)
+    stats = await flusher.drain(10)
+    await flusher.aclose()
+    assert (stats.sent, stats.remaining, stats.error) == (3, 0, None)
+    assert [p for _, p, _, _ in collector.request_log if p.endswith("/batch")] == [
+        "/v1/events/batch", "/v1/companies/batch"]
+    assert query(path, "SELECT COUNT(*) FROM profiles") == [(0,)]

@@ -19,7 +19,9 @@ from moesifasgi_flush.async_db import AsyncDB
 from moesifasgi_flush.client import MoesifClient
 from moesifasgi.testing.local_collector import LocalCollector
 from moesifasgi_flush.profile_delivery import (
-    deliver_profiles, profile_counts, requeue_profile_dead_letters, run_profile_delivery)
+    deliver_profiles, profile_counts, requeue_profile_dead_letters)
+from moesifasgi.delivery.posting import Delivery
+from moesifasgi.delivery.pump import Pump
 from tests.flush_support import PATIENCE
 
 
@@ -235,15 +237,17 @@ async def test_a_profile_rejected_alone_is_dead_lettered_and_the_others_are_deli
 async def test_the_leaders_loop_delivers_profiles_as_they_arrive(queue_path, collector):
     db = AsyncDB(queue_path)
     async with MoesifClient("app-id", collector.url) as client:
-        task = asyncio.ensure_future(run_profile_delivery(db, client, owner="leader", interval=0.05))
+        pump = Pump(db, Delivery(db, client, "leader"), "leader", idle_poll=0.05)  # the events' loop
+        task = asyncio.ensure_future(pump.run())
         await asyncio.wrap_future(profiles.update_company({"company_id": "c9"}, queue_path=queue_path))
         deadline = time.monotonic() + PATIENCE
         while not collector.companies and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        pump.request_stop()
+        await asyncio.wait_for(task, PATIENCE)
     await db.close()
     assert [c["company_id"] for c in collector.companies] == ["c9"]
+    assert pump.profiles_sent == 1
 
 
 def test_a_profile_update_and_events_of_one_process_are_committed_by_the_same_thread(queue_path, monkeypatch):

@@ -29,7 +29,7 @@ from .posting import AUTH_PROBE_INTERVAL, Delivery
 from .lease import LEASE_SECONDS, RENEW_INTERVAL, Lease, owner_is_dead
 from .outcomes import StopReason
 from .pump import BATCH_WAIT, CLAIM_SECONDS, IDLE_POLL, DrainStats, Pump
-from .profile_delivery import deliver_profiles, release_profiles, run_profile_delivery
+from .profile_delivery import release_profiles
 from .remote_config import CONFIG_INTERVAL, MIN_FETCH_GAP, RemoteConfig
 
 logger = logging.getLogger(__name__)
@@ -156,8 +156,6 @@ class Flusher:
                 logger.warning("could not take back the dead leader's profile claims: %s", exc)
         pump = self._pump = self._new_pump()
         config_task = asyncio.ensure_future(self.remote_config.run())
-        profile_task = asyncio.ensure_future(run_profile_delivery(
-            self.db, self.client, owner=self.owner, paused=self.delivery.pause_remaining))
         pump_task = asyncio.ensure_future(pump.run(grace=self.options.shutdown_grace))
         maintenance_task = asyncio.ensure_future(self._maintain())
         try:
@@ -182,9 +180,9 @@ class Flusher:
             try:
                 await pump_task
             finally:
-                for task in (config_task, profile_task, maintenance_task):
+                for task in (config_task, maintenance_task):
                     task.cancel()
-                await asyncio.gather(config_task, profile_task, maintenance_task, return_exceptions=True)
+                await asyncio.gather(config_task, maintenance_task, return_exceptions=True)
                 self._sent_before += pump.sent
                 self._pump = None
                 self.is_leader = False
@@ -260,9 +258,8 @@ class Flusher:
         pump = self._draining = self._new_pump()
         reporter = asyncio.ensure_future(self._report(pump, progress)) if progress else None
         try:
+            # The pump delivers the profiles too, once it finds no event to claim.
             await pump.run(until_empty=True, deadline=deadline, grace=self.options.shutdown_grace)
-            if pump.last_error is None:
-                await deliver_profiles(self.db, self.client, owner=self.owner)
         finally:
             if reporter is not None:
                 reporter.cancel()

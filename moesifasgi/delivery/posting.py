@@ -147,6 +147,20 @@ class Delivery:
         self.errors = 0
         self.backoff.reset()
 
+    def profiles_accepted(self) -> None:
+        """Moesif took profiles: it is reachable and our key works, as for events."""
+        if self.auth_blocked or self.errors:
+            logger.info("Moesif accepts posts again after %d failed posts", self.errors)
+        self._problems.clear("post")
+        self.auth_blocked = False
+        self.errors = 0
+        self.backoff.reset()
+
+    async def profiles_failed(self, outcome: PostOutcome, status: Optional[int], retry_after: Optional[float]) -> None:
+        """A failed profile post pauses every worker like a failed event post (backoff, auth probe)."""
+        await self._failed(PostResult(outcome, status=status, retry_after=retry_after,
+                                      error=f"profiles: HTTP {status}" if status else f"profiles: {outcome}"))
+
     async def _reject_alone(self, row: qs.Row, result: PostResult, out: Outcome) -> None:
         reason = result.error or f"HTTP {result.status}"
         out.dead_lettered += await self.db.run(qs.dead_letter, self.owner, [row.id], result.status, reason)

@@ -7,8 +7,11 @@ later; a 400/413 splits the batch until the bad profile is alone, and a profile
 rejected alone goes to the dead letters (``kind`` 'user' or 'company', reason
 'profile rejected'), never back into the events queue.
 
-The synchronous functions take a ``sqlite3.Connection`` first, like
-``queue_store``'s, so the CLI and the flusher's database thread share them.
+The flusher's pump calls `deliver_profiles` from the same workers that post
+events (see pump.py), whenever they find no event to claim; a failed post
+pauses them all through the events' backoff. The synchronous functions take a
+``sqlite3.Connection`` first, like ``queue_store``'s, so the CLI and the
+flusher's database thread share them.
 """
 from __future__ import annotations
 
@@ -25,19 +28,17 @@ from ..storage.profile_store import (  # noqa: F401  (the statements live with t
     has_claimable_profiles, profile_counts, release_profiles, requeue_profile_dead_letters,
 )
 from .async_db import AsyncDB
-from .backoff import Backoff
-from .client import AUTH, MoesifClient, PostResult
+from .client import MoesifClient, PostResult
 from .outcomes import PostOutcome
 from .splitting import post_isolating
 
 __all__ = ["ProfileStats", "deliver_profiles", "profile_counts", "release_profiles",
-           "requeue_profile_dead_letters", "run_profile_delivery"]
+           "requeue_profile_dead_letters"]
 
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = {"user": "/v1/users/batch", "company": "/v1/companies/batch"}
 CLAIM_SECONDS = 120.0
-AUTH_PROBE_INTERVAL = 300.0
 
 
 @dataclass
@@ -128,44 +129,3 @@ async def _post(run: Runner, client: MoesifClient, owner: str, rows: List[Profil
     stats.error, stats.status, stats.retry_after = failure.outcome, failure.status, failure.retry_after
     logger.debug("posting %s profiles failed (%s); they stay queued", kind, failure.error)
     return False
-
-
-async def run_profile_delivery(db: Any, client: MoesifClient, *, owner: str, batch_size: int = 100,
-                               interval: float = 1.0, paused: Callable[[], float] = lambda: 0.0) -> None:
-    """The leader's loop: deliver queued profiles every `interval` seconds until cancelled.
-
-    `paused` is the event delivery's ``pause_remaining``: while events back off
-    (Moesif down, key refused) profiles wait too.
-    """
-    run, owned = _runner(db)
-    backoff = Backoff(1.0, 60.0)
-    failing = False
-    try:
-        while True:
-            wait = interval
-            if paused() <= 0:
-                try:
-                    if await run(has_claimable_profiles):
-                        stats = await deliver_profiles(owned or db, client, batch_size=batch_size, owner=owner)
-                        if stats.error == AUTH:
-                            wait = AUTH_PROBE_INTERVAL
-                        elif stats.error is not None:
-                            wait = backoff.next_delay(stats.retry_after)
-                        else:
-                            backoff.reset()
-                    failing = False
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # With a traceback once per episode; a broken file would
-                    # otherwise log one every few seconds.
-                    if failing:
-                        logger.debug("delivering profiles failed again: %s", exc)
-                    else:
-                        logger.exception("delivering profiles failed; retrying shortly")
-                    failing = True
-                    wait = 5.0
-            await asyncio.sleep(max(wait, min(paused(), 5.0)))
-    finally:
-        if owned is not None:
-            await owned.close()

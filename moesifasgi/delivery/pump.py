@@ -12,6 +12,12 @@ events or 100, and an embedded flusher spends that CPU inside a web worker: unde
 steady traffic, posting whatever arrived since the last claim meant many tiny
 batches and a third of the worker's time. A backlog still drains at full speed,
 every worker claiming a full batch back to back.
+
+Profiles go through the same workers: when a worker finds no event to claim
+(and at least every PROFILE_POLL seconds while events trickle in), it delivers
+the queued user and company profiles, one worker at a time, and their failed
+posts pause every worker through the same `Delivery` backoff and auth probe as
+events'. Events come first: during a backlog no worker looks for profiles.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from ..storage import queue_store as qs
 from .async_db import AsyncDB
 from .outcomes import StopReason
 from .posting import Delivery
+from .profile_delivery import deliver_profiles, has_claimable_profiles
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ IDLE_POLL = 0.1
 # The original package's EVENT_BATCH_TIMEOUT default: how long a partial batch
 # may wait for more events before it is posted anyway.
 BATCH_WAIT = 1.0
+# How often an idle (or waiting) pump looks for profiles: they are rare, and
+# this read must not add to what an idle flusher costs.
+PROFILE_POLL = 1.0
 
 
 @dataclass
@@ -77,6 +87,10 @@ class Pump:
         self._deadline: Optional[float] = None
         self._problems = ProblemLog(logger, interval=None)  # shared by the workers: one line per episode
         self.grace = 5.0  # seconds in-flight posts get after a stop (the owner may lower it)
+        self.profiles_sent = 0
+        self._profiles_gate = asyncio.Lock()  # one worker delivers profiles at a time
+        self._profiles_looked = 0.0  # time.monotonic() of the last look for profiles
+        self._profiles_given_up = False  # a drain tries them until their first failed post
 
     def request_stop(self) -> None:
         """Stop claiming; batches in flight finish on their own."""
@@ -191,7 +205,11 @@ class Pump:
         else:
             rows = await self._ack_and_claim(number)
         if not rows:
-            if self._until_empty and not self._holding and self.delivery.pause_remaining() == 0:
+            # A drain must deliver the profiles before it stops; a daemon looks now and then.
+            if (self._until_empty or self._profiles_due()) and await self._deliver_profiles():
+                return  # events may have come meanwhile: claim again
+            if (self._until_empty and not self._holding and not self._profiles_gate.locked()
+                    and self.delivery.pause_remaining() == 0):
                 self._stopping.set()
                 return
             await self._idle()
@@ -248,6 +266,8 @@ class Pump:
             # crash) for as long as we wait. The other workers' too: they queue at
             # the gate with theirs, and their rows count as held above.
             await self._flush_acks()
+            if self._profiles_due():
+                await self._deliver_profiles()
             await self._sleep(min(self.idle_poll, self.batch_wait))
         return False
 
@@ -288,6 +308,39 @@ class Pump:
                 return  # a failing batch may come back: look again soon
             if await self.db.run(qs.has_claimable):
                 return
+            if self._profiles_due() and await self.db.run(has_claimable_profiles):
+                self._profiles_looked = 0.0  # the worker delivers them at once
+                return
+
+    def _profiles_due(self) -> bool:
+        """True at most once per PROFILE_POLL (and then it counts as a look)."""
+        now = time.monotonic()
+        if now - self._profiles_looked < PROFILE_POLL or self._profiles_given_up:
+            return False
+        self._profiles_looked = now
+        return True
+
+    async def _deliver_profiles(self) -> bool:
+        """Deliver the queued profiles, if any, and no other worker is; True when some went out."""
+        if self._profiles_gate.locked() or self._profiles_given_up:
+            return False
+        async with self._profiles_gate:
+            self._profiles_looked = time.monotonic()
+            if not await self.db.run(has_claimable_profiles):
+                return False
+            stats = await deliver_profiles(self.db, self.delivery.client, owner=self.owner)
+        self.profiles_sent += stats.sent
+        if stats.error is None:
+            if stats.sent:
+                self.delivery.profiles_accepted()
+            return stats.sent + stats.dead_lettered > 0
+        if self._until_empty:
+            # As before profiles shared this loop: a drain tries them once and
+            # leaves them queued for the daemon, without holding the drain in a backoff.
+            self._profiles_given_up = True
+        else:
+            await self.delivery.profiles_failed(stats.error, stats.status, stats.retry_after)
+        return False
 
     def stats(self, remaining: int, elapsed: float) -> DrainStats:
         failed = self.dead_lettered + sum(self.failed_ids.values())
