@@ -5,8 +5,9 @@
 
 What callers see (validation, the returned Future, never raising) is in the README
 ("User and company profiles"). Here: a profile is validated in the caller, then
-written to the ``profiles`` table of the shared queue file by one small thread per
-process, never on the caller's event loop; the flusher posts them in batches.
+written to the ``profiles`` table of the shared queue file by the same per-process
+writer thread as the events (``queue_writer.QueueWriter``, in its group commits),
+never on the caller's event loop; the flusher posts them in batches.
 Pending writes are finished at interpreter exit. Async code that wants the commit
 can ``await asyncio.wrap_future(update_user(profile))``.
 
@@ -22,16 +23,14 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from concurrent.futures import Future
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from . import storage
+from . import queue_writer
 from .diagnostics import problems
-from .per_process import PerProcess
 from .event_builder import format_time
-from .settings import resolve_queue_path
+from .settings import DEFAULT_EVENT_QUEUE_SIZE, resolve_queue_path
 from .storage import intake
-from .storage.queue_file import QueueFile, is_busy
 
 __all__ = [
     "MAX_PENDING_PROFILES",
@@ -50,7 +49,6 @@ logger = logging.getLogger(__name__)
 MAX_PENDING_PROFILES = 100_000
 # How long a sync caller waits for the commit before returning the future anyway.
 SYNC_WAIT_SECONDS = 30.0
-_WRITE_ATTEMPTS = 3
 
 ProfileRow = intake.ProfileRow
 _ID_FIELD = {"user": "user_id", "company": "company_id"}
@@ -88,10 +86,8 @@ def update_companies_batch(profiles: Iterable[Any], *, queue_path: Optional[str]
 
 def flush_profiles(timeout: float = 5.0) -> bool:
     """Wait until every profile handed over so far in this process is written."""
-    writer = _writer()
     try:
-        writer.submit(None, []).result(timeout)
-        return True
+        return queue_writer.flush_all(timeout)
     except Exception:
         return False
 
@@ -199,16 +195,10 @@ def _queue_valid(kind: str, given: Any, queue_path: Optional[str], batch: bool) 
         return _done(0)
     if not rows and not invalid:
         return _done(0)
-    # The invalid ones are counted in the queue file by the writer's thread,
-    # which owns the file's connection.
-    rejected = (kind, invalid)
-    writer = _writer()
-    try:
-        future = writer.submit(path, rows, rejected)
-    except RuntimeError:  # the interpreter is shutting down (an atexit hook): write here
-        future = Future()
-        future.set_result(writer._write(path, rows, rejected))
-        return future
+    # Written by the same per-process writer thread as the events of this file,
+    # in its group commits; the invalid ones are counted in the same transaction.
+    future = queue_writer.writer_for_queue(path, DEFAULT_EVENT_QUEUE_SIZE).submit_profiles(
+        rows, MAX_PENDING_PROFILES, (kind, invalid))
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop in this thread: waiting blocks nobody else
@@ -217,61 +207,3 @@ def _queue_valid(kind: str, given: Any, queue_path: Optional[str], batch: bool) 
         except Exception:
             pass
     return future
-
-
-# -- the per-process writer thread ----------------------------------------------------
-
-class _ProfileWriter:
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesifasgi-profiles")
-        # Used only on the executor's thread. A QueueFile reopens a replaced file
-        # and moves a corrupt one aside, as for events.
-        self._files: Dict[str, QueueFile] = {}
-
-    def submit(self, path: Optional[str], rows: List[ProfileRow],
-               rejected: Tuple[str, int] = ("user", 0)) -> "Future[int]":
-        return self._executor.submit(self._write, path, rows, rejected)
-
-    def _write(self, path: Optional[str], rows: List[ProfileRow], rejected: Tuple[str, int] = ("user", 0)) -> int:
-        if path is None or not (rows or rejected[1]):
-            return 0
-        for attempt in range(_WRITE_ATTEMPTS):
-            try:
-                return self._insert(path, rows, rejected)
-            except Exception as exc:
-                # Locked past the busy timeout, or a corrupt file just moved aside: again.
-                retry = self._file(path).recover(exc) or is_busy(exc)
-                if retry and attempt + 1 < _WRITE_ATTEMPTS:
-                    continue
-                problems.report(f"profiles-{type(exc).__name__}",
-                                "moesifasgi: cannot queue %d %s profile(s) in %s (%s: %s); they were dropped",
-                                len(rows), rows[0][0], path, type(exc).__name__, exc, level=logging.ERROR)
-                return 0
-        return 0
-
-    def _file(self, path: str) -> QueueFile:
-        file = self._files.get(path)
-        if file is None:
-            file = self._files[path] = QueueFile(path)
-        return file
-
-    def _insert(self, path: str, rows: List[ProfileRow], rejected: Tuple[str, int] = ("user", 0)) -> int:
-        conn = self._file(path).connection()
-        kind, invalid = rejected
-        with storage.immediate(conn):
-            if invalid:
-                intake.add_counts(conn, invalid, {f"profile-invalid:{kind}": invalid}, counter="profiles_dropped")
-            kept = intake.insert_profiles(conn, rows, MAX_PENDING_PROFILES)
-        dropped = len(rows) - kept
-        if dropped:
-            problems.report("profiles-full", "moesifasgi: %d profile updates wait in %s; new ones are dropped "
-                            "until the flusher catches up", MAX_PENDING_PROFILES, path)
-        return kept
-
-
-_instance: PerProcess[_ProfileWriter] = PerProcess(_ProfileWriter)
-
-
-def _writer() -> _ProfileWriter:
-    """This process's writer; a forked child never uses its parent's thread or connections."""
-    return _instance.get()

@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import shutdown, storage
@@ -29,6 +30,7 @@ from .storage.queue_file import QueueFile, is_busy
 logger = logging.getLogger(__name__)
 
 EventRow = intake.EventRow
+ProfileRow = intake.ProfileRow
 DoneCallback = Callable[[bool], None]
 
 COMMIT_INTERVAL = 0.01
@@ -53,7 +55,19 @@ class _Barrier:
         self.event = threading.Event()
 
 
-_Item = Union[Tuple[EventRow, Optional[DoneCallback]], _Barrier]
+class _Profiles:
+    """Profile updates handed over by `profiles.py`: written in the same group
+    commit as the events around them; `future` gets how many were kept."""
+    __slots__ = ("rows", "cap", "invalid", "future")
+
+    def __init__(self, rows: List[ProfileRow], cap: int, invalid: Tuple[str, int], future: "Future[int]") -> None:
+        self.rows = rows
+        self.cap = cap
+        self.invalid = invalid  # (kind, how many were refused by validation): counted in the same commit
+        self.future = future
+
+
+_Item = Union[Tuple[EventRow, Optional[DoneCallback]], _Barrier, _Profiles]
 
 
 class QueueWriter:
@@ -81,8 +95,12 @@ class QueueWriter:
         self._file = QueueFile(path)
         self._app: Optional[int] = None  # apps.id of application_id in the open file
         self._app_opened = -1  # the file generation _app belongs to
+        self._app_of = application_id  # the application id _app belongs to
         self._thread = threading.Thread(target=self._run, name="moesifasgi-queue-writer", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown" (3.12+)
+            self._stopping = True  # events are then dropped and profiles written by their caller
 
     # -- called from the request path -------------------------------------------------
 
@@ -122,6 +140,27 @@ class QueueWriter:
             self._uncounted_problems[reason] = self._uncounted_problems.get(reason, 0) + count
         if not self._wakeup.is_set():
             self._wakeup.set()
+
+    def submit_profiles(self, rows: List[ProfileRow], cap: int, invalid: Tuple[str, int] = ("user", 0)) -> "Future[int]":
+        """Queue profile updates for the next commit; the future resolves with how many
+        were kept (the rest dropped and counted). Never raises."""
+        future: "Future[int]" = Future()
+        item = _Profiles(rows, cap, invalid, future)
+        if self._stopping or not self._thread.is_alive():
+            # Interpreter exit, after the writers were closed: this thread is the
+            # only user of the file now, so the write happens here.
+            if self._thread.ident is not None:
+                self._thread.join(5.0)
+            if self._thread.is_alive():
+                future.set_result(0)
+                self._profiles_failed([item], RuntimeError("the queue writer is stopping"))
+            else:
+                self._write_profiles_here(item)
+            return future
+        self._buffer.append(item)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return future
 
     # -- control ----------------------------------------------------------------------
 
@@ -177,56 +216,69 @@ class QueueWriter:
         self._write_uncounted_drops()
         self._file.close()
 
-    def _take(self) -> Tuple[List[Tuple[EventRow, Optional[DoneCallback]]], List[_Barrier]]:
+    def _take(self) -> Tuple[List[Tuple[EventRow, Optional[DoneCallback]]], List[_Barrier], List[_Profiles]]:
         items: List[Tuple[EventRow, Optional[DoneCallback]]] = []
         barriers: List[_Barrier] = []
+        profiles: List[_Profiles] = []
         popleft = self._buffer.popleft
         # Only this thread takes from the buffer: what is there now stays there.
         for _ in range(min(len(self._buffer), MAX_ROWS_PER_COMMIT)):
             item = popleft()
             if item.__class__ is _Barrier:
                 barriers.append(item)  # type: ignore[arg-type]
+            elif item.__class__ is _Profiles:
+                profiles.append(item)  # type: ignore[arg-type]
             else:
                 items.append(item)  # type: ignore[arg-type]
-        return items, barriers
+        return items, barriers, profiles
 
     def _write_some(self) -> int:
         """Write one group; return how many buffered items it consumed."""
-        items, barriers = self._take()
+        items, barriers, profiles = self._take()
         accepted = 0
+        kept: List[int] = []
         rows = [row for row, _ in items]
         try:
-            if rows:
-                accepted = self._insert(rows)
+            if rows or profiles:
+                accepted, kept = self._insert(rows, profiles)
             else:  # a flush() with nothing to write: make the drops durable now
                 self._write_uncounted_drops()
         except Exception as exc:  # locked, disk full, read-only, corrupt, removed...
+            taken: List[_Item] = [*barriers, *profiles, *items]  # barriers first: they only wait
             if is_busy(exc) and not self._stopping:
                 # Another process holds the write lock for longer than the busy
                 # timeout: keep the events and try again rather than drop them.
                 problems.report("busy", "moesifasgi: queue file %s stayed locked: %s; retrying", self.path, exc)
-                self._buffer.extendleft(reversed(barriers + items))  # type: ignore[operator]
+                self._buffer.extendleft(reversed(taken))
                 time.sleep(0.05)
-                return len(items) + len(barriers)
+                return len(taken)
             if self._file.recover(exc):
                 # The corrupt file was moved aside: a fresh one takes this group.
-                self._buffer.extendleft(reversed(barriers + items))  # type: ignore[operator]
-                return len(items) + len(barriers)
-            self._fail(items, exc)
+                self._buffer.extendleft(reversed(taken))
+                return len(taken)
+            if items:
+                self._fail(items, exc)
+            if profiles:
+                self._profiles_failed(profiles, exc)
         else:
             self.committed += accepted
             self.commits += 1
             for index, (_, done) in enumerate(items):
                 if done is not None:
                     done(index < accepted)
+            for item, count in zip(profiles, kept):
+                item.future.set_result(count)
         self._bytes_out += sum(len(row[2]) for row in rows) + _ITEM_OVERHEAD * len(rows)
         for barrier in barriers:
             barrier.event.set()
-        return len(items) + len(barriers)
+        return len(items) + len(barriers) + len(profiles)
 
-    def _insert(self, rows: List[EventRow]) -> int:
+    def _insert(self, rows: List[EventRow], profiles: List[_Profiles] = ()) -> Tuple[int, List[int]]:  # type: ignore[assignment]
+        """One transaction: the events (within the cap and the disk's room), the
+        profiles (within theirs), and the counts of what either lost."""
         conn = self._connection()
         with storage.immediate(conn):
+            kept_profiles = [self._insert_profiles(conn, item) for item in profiles]
             pending = intake.pending_events(conn)
             room = max(0, self.capacity - pending)
             kept = rows[:room]
@@ -266,7 +318,48 @@ class QueueWriter:
             self._uncounted_drops -= earlier
             self.dropped += refused
             _subtract(self._uncounted_problems, problems_seen)
-        return len(kept)
+        for item, count in zip(profiles, kept_profiles):
+            if count < len(item.rows):
+                problems.report("profiles-full", "moesifasgi: %d profile updates wait in %s (or its disk is "
+                                "low); new ones are dropped until the flusher catches up", item.cap, self.path)
+        return len(kept), kept_profiles
+
+    def _insert_profiles(self, conn: sqlite3.Connection, item: _Profiles) -> int:
+        """Inside the caller's transaction: one hand-over of profiles and its invalid count."""
+        kind, invalid = item.invalid
+        if invalid:
+            intake.add_counts(conn, invalid, {f"profile-invalid:{kind}": invalid}, counter="profiles_dropped")
+        if item.rows and not space.room_for(conn, self.path, sum(len(row[3]) for row in item.rows)):
+            intake.add_counts(conn, len(item.rows), {"profile-drop:disk-low": len(item.rows)},
+                              counter="profiles_dropped")
+            return 0
+        return intake.insert_profiles(conn, item.rows, item.cap)
+
+    def _write_profiles_here(self, item: _Profiles) -> None:
+        """Write one hand-over in the calling thread (only once the writer thread ended)."""
+        for _ in range(3):
+            try:
+                _, kept = self._insert([], [item])
+            except Exception as exc:
+                if (self._file.recover(exc) or is_busy(exc)):
+                    continue
+                self._profiles_failed([item], exc)
+                return
+            else:
+                item.future.set_result(kept[0])
+                return
+        self._profiles_failed([item], RuntimeError("the queue file stayed locked"))
+
+    def _profiles_failed(self, items: List[_Profiles], exc: BaseException) -> None:
+        """Profiles that could not be written: logged (they cannot be counted in the file)."""
+        for item in items:
+            if item.rows:
+                problems.report(f"profiles-{type(exc).__name__}",
+                                "moesifasgi: cannot queue %d %s profile(s) in %s (%s: %s); they were dropped",
+                                len(item.rows), item.rows[0][0], self.path, type(exc).__name__, exc,
+                                level=logging.ERROR)
+            if not item.future.done():
+                item.future.set_result(0)
 
     def _write_uncounted_drops(self) -> None:
         with self._drops_lock:
@@ -298,9 +391,11 @@ class QueueWriter:
 
     def _connection(self) -> sqlite3.Connection:
         conn = self._file.connection()
-        if self._app_opened != self._file.opened:
-            self._app = intake.app_number(conn, self.application_id)
+        application_id = self.application_id  # may be set once, by writer_for adopting a profiles-only writer
+        if self._app_opened != self._file.opened or self._app_of != application_id:
+            self._app = intake.app_number(conn, application_id)
             self._app_opened = self._file.opened
+            self._app_of = application_id
         return conn
 
     def _refresh_shared_state(self) -> None:
@@ -342,8 +437,40 @@ def writer_for(path: str, capacity: int, application_id: Optional[str] = None) -
     with _writers_lock:
         writer = writers.get(key)
         if writer is None:
-            writer = writers[key] = QueueWriter(path, capacity, application_id=application_id)
-            _install_exit_hooks()
+            adopted = writers.get((path, None)) if application_id else None
+            if adopted is not None and adopted in _profiles_only:
+                # Profiles came first and started a writer for this file: the
+                # middleware takes it over, so that the file keeps one writer.
+                _profiles_only.discard(adopted)
+                adopted.capacity = capacity
+                adopted.application_id = application_id
+                del writers[(path, None)]
+                writer = writers[key] = adopted
+            else:
+                writer = writers[key] = QueueWriter(path, capacity, application_id=application_id)
+                _install_exit_hooks()
+        return writer
+
+
+# Writers started by writer_for_queue (profiles before any middleware), which
+# the first middleware on the same file adopts.
+_profiles_only: "set[QueueWriter]" = set()
+
+
+def writer_for_queue(path: str, capacity: int) -> QueueWriter:
+    """The writer that profile updates for `path` go through: this process's
+    (first) writer of that file, or a new one, with `capacity` as its event cap."""
+    writers = _writers.get()
+    for (writer_path, _), writer in list(writers.items()):
+        if writer_path == path and not writer.closed:
+            return writer
+    with _writers_lock:
+        for (writer_path, _), writer in list(writers.items()):
+            if writer_path == path and not writer.closed:
+                return writer
+        writer = writers[(path, None)] = QueueWriter(path, capacity)
+        _profiles_only.add(writer)
+        _install_exit_hooks()
         return writer
 
 
@@ -355,6 +482,7 @@ def close_all(timeout: float = 5.0) -> None:
     for writer in list(writers.values()):
         writer.close(timeout)
     writers.clear()
+    _profiles_only.clear()
 
 
 def flush_all(timeout: float = 5.0) -> bool:

@@ -14,7 +14,7 @@ import time
 import pytest
 from moesifapi.models import CompanyModel, UserModel
 
-from moesifasgi import profiles, storage
+from moesifasgi import profiles, queue_writer, storage
 from moesifasgi_flush.async_db import AsyncDB
 from moesifasgi_flush.client import MoesifClient
 from moesifasgi.testing.local_collector import LocalCollector
@@ -119,14 +119,14 @@ def test_dicts_models_and_json_text_are_queued_as_moesif_expects_them(queue_path
 
 
 async def test_inside_a_running_loop_the_call_returns_before_the_write(queue_path, monkeypatch):
-    insert = profiles._ProfileWriter._insert
+    insert = queue_writer.QueueWriter._insert
     release = threading.Event()
 
     def held_insert(self, *args):
         release.wait(60)  # the write cannot finish before the test lets it
         return insert(self, *args)
 
-    monkeypatch.setattr(profiles._ProfileWriter, "_insert", held_insert)
+    monkeypatch.setattr(queue_writer.QueueWriter, "_insert", held_insert)
     future = profiles.update_user({"user_id": "u1"}, queue_path=queue_path)
     # Had the call waited for the write, it would have returned only after
     # release.wait timed out, with the future done.
@@ -244,3 +244,55 @@ async def test_the_leaders_loop_delivers_profiles_as_they_arrive(queue_path, col
         await asyncio.gather(task, return_exceptions=True)
     await db.close()
     assert [c["company_id"] for c in collector.companies] == ["c9"]
+
+
+def test_a_profile_update_and_events_of_one_process_are_committed_by_the_same_thread(queue_path, monkeypatch):
+    from moesifasgi.storage import intake
+
+    seen = []
+    insert_events, insert_profiles = intake.insert_events, intake.insert_profiles
+
+    def recording_events(conn, rows, app):
+        seen.append(("events", threading.current_thread().name, threading.get_ident()))
+        return insert_events(conn, rows, app)
+
+    def recording_profiles(conn, rows, cap):
+        seen.append(("profiles", threading.current_thread().name, threading.get_ident()))
+        return insert_profiles(conn, rows, cap)
+
+    monkeypatch.setattr(intake, "insert_events", recording_events)
+    monkeypatch.setattr(intake, "insert_profiles", recording_profiles)
+    writer = queue_writer.writer_for(queue_path, 1000, "app-id")  # what the middleware uses
+    assert writer.submit(("tid-1", time.time(), '{"request":{}}'))
+    assert writer.flush(PATIENCE)
+    assert profiles.update_user({"user_id": "u1"}, queue_path=queue_path).result(PATIENCE) == 1
+    assert writer.submit(("tid-2", time.time(), '{"request":{}}'))
+    assert writer.flush(PATIENCE)
+    assert [what for what, _, _ in seen] == ["events", "profiles", "events"]
+    assert len({(name, ident) for _, name, ident in seen}) == 1
+    assert seen[0][1] == "moesifasgi-queue-writer" and seen[0][2] != threading.get_ident()
+    assert [pid for _, pid, _ in queued(queue_path)] == ["u1"]
+
+
+def test_profiles_sent_before_any_middleware_share_the_writer_the_middleware_then_uses(queue_path):
+    assert profiles.update_user({"user_id": "early"}, queue_path=queue_path).result(PATIENCE) == 1
+    first = queue_writer.writer_for_queue(queue_path, 1000)
+    assert queue_writer.writer_for(queue_path, 1000, "app-id") is first
+    assert first.application_id == "app-id"
+    assert profiles.update_user({"user_id": "later"}, queue_path=queue_path).result(PATIENCE) == 1
+    assert queue_writer.writer_for_queue(queue_path, 1000) is first
+    assert [pid for _, pid, _ in queued(queue_path)] == ["early", "later"]
+
+
+def test_a_profile_written_after_the_queue_file_was_replaced_lands_in_the_new_file(queue_path, tmp_path):
+    import os
+
+    assert profiles.update_user({"user_id": "before"}, queue_path=queue_path).result(PATIENCE) == 1
+    old = str(tmp_path / "old.sqlite")
+    for suffix in ("", "-wal", "-shm"):  # a repair moved the file aside; a fresh one takes its place
+        if os.path.exists(queue_path + suffix):
+            os.rename(queue_path + suffix, old + suffix)
+    storage.connect(queue_path).close()
+    assert profiles.update_user({"user_id": "after"}, queue_path=queue_path).result(PATIENCE) == 1
+    assert [pid for _, pid, _ in queued(queue_path)] == ["after"]
+    assert counts(queue_path)["profiles_pending"] == 1
