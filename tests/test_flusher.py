@@ -12,7 +12,7 @@ import pytest
 from moesifasgi import storage
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.flusher import Flusher
-from tests.flush_support import APP_ID, FAST, eventually, insert_events, query, wait_until
+from tests.flush_support import APP_ID, FAST, PATIENCE, eventually, insert_events, query, wait_until
 
 
 def flusher_for(path, base_uri, **changes):
@@ -239,17 +239,39 @@ async def test_force_flush_reports_whether_the_queue_is_empty(path, collector):
     await flusher.aclose()
 
 
+async def test_a_profile_is_delivered_during_an_event_backlog_not_after_it(path, collector):
+    # 400 events posted one per batch, each answer 20 ms late: seconds of backlog
+    # (more on a slow machine). Under steady traffic a backlog may never end, so
+    # the profile must not wait for the queue of events to be empty.
+    from moesifasgi import profiles
+
+    insert_events(path, 400)
+    assert profiles.update_user({"user_id": "u-1"}, queue_path=path).result(PATIENCE) == 1
+    collector.delay(0.02)
+    flusher = flusher_for(path, collector.url, batch_size=1)
+    task = asyncio.ensure_future(flusher.run())
+    try:
+        assert await asyncio.to_thread(wait_until, lambda: collector.users)
+        events_when_profile_arrived = collector.event_count
+    finally:
+        collector.delay(0)
+        await flusher.stop(3)
+        await asyncio.gather(task, return_exceptions=True)
+    assert [u["user_id"] for u in collector.users] == ["u-1"]
+    assert events_when_profile_arrived < 400
+
+
 async def test_the_leader_delivers_queued_user_and_company_profiles_too(path, collector):
     from moesifasgi import profiles
 
     insert_events(path, 3)
-    profiles.update_user({"user_id": "u-1", "metadata": {"plan": "pro"}}, queue_path=path).result(10)
-    profiles.update_company({"company_id": "c-1"}, queue_path=path).result(10)
+    profiles.update_user({"user_id": "u-1", "metadata": {"plan": "pro"}}, queue_path=path).result(PATIENCE)
+    profiles.update_company({"company_id": "c-1"}, queue_path=path).result(PATIENCE)
     flusher = flusher_for(path, collector.url)
     task = asyncio.ensure_future(flusher.run())
     try:
         assert await asyncio.to_thread(
-            wait_until, lambda: collector.users and collector.companies and collector.event_count >= 3, 10)
+            wait_until, lambda: collector.users and collector.companies and collector.event_count >= 3)
     finally:
         await flusher.stop(3)
         await asyncio.gather(task, return_exceptions=True)

@@ -17,7 +17,8 @@ Profiles go through the same workers: when a worker finds no event to claim
 (and at least every PROFILE_POLL seconds while events trickle in), it delivers
 the queued user and company profiles, one worker at a time, and their failed
 posts pause every worker through the same `Delivery` backoff and auth probe as
-events'. Events come first: during a backlog no worker looks for profiles.
+events'. Events come first, but during a backlog a worker still looks for profiles
+once per PROFILE_POLL after a post, so they never wait for the backlog to end.
 """
 from __future__ import annotations
 
@@ -228,6 +229,10 @@ class Pump:
         if self.failed_ids:
             for acked_id in outcome.acked:
                 self.failed_ids.pop(acked_id, None)
+        if not self._until_empty and self._profiles_due():
+            # During a backlog too: a profile waits about PROFILE_POLL behind the
+            # events, never until the backlog (which may never end) is gone.
+            await self._deliver_profiles()
 
     async def _ack_and_claim(self, number: int) -> List[qs.Row]:
         ack_ids, success_at, _ = self._to_ack.get(number, ((), None, 0))
