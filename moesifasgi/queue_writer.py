@@ -58,13 +58,16 @@ class _Barrier:
 class _Profiles:
     """Profile updates handed over by `profiles.py`: written in the same group
     commit as the events around them; `future` gets how many were kept."""
-    __slots__ = ("rows", "cap", "invalid", "future")
+    __slots__ = ("rows", "cap", "invalid", "future", "size", "shed")
 
     def __init__(self, rows: List[ProfileRow], cap: int, invalid: Tuple[str, int], future: "Future[int]") -> None:
         self.rows = rows
         self.cap = cap
         self.invalid = invalid  # (kind, how many were refused by validation): counted in the same commit
         self.future = future
+        # Bytes held in memory until the commit, within the writer's byte bound.
+        self.size = sum(len(row[3]) for row in rows) + _ITEM_OVERHEAD * len(rows)
+        self.shed = 0  # rows left out because memory was full: counted in the commit
 
 
 _Item = Union[Tuple[EventRow, Optional[DoneCallback]], _Barrier, _Profiles]
@@ -157,6 +160,16 @@ class QueueWriter:
             else:
                 self._write_profiles_here(item)
             return future
+        if item.rows and self._bytes_in - self._bytes_out + item.size > self.max_buffered_bytes:
+            # The file has been unusable for a while and memory holds its bound:
+            # only the count goes on, as for events.
+            problems.report(
+                "profiles-buffer-full",
+                "moesifasgi: %d profile updates (%d bytes) do not fit in the %d bytes held in memory for the "
+                "queue file %s; dropped and counted", len(item.rows), item.size, self.max_buffered_bytes, self.path,
+            )
+            item.shed, item.rows, item.size = len(item.rows), [], 0
+        self._bytes_in += item.size
         self._buffer.append(item)
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -268,7 +281,8 @@ class QueueWriter:
                     done(index < accepted)
             for item, count in zip(profiles, kept):
                 item.future.set_result(count)
-        self._bytes_out += sum(len(row[2]) for row in rows) + _ITEM_OVERHEAD * len(rows)
+        self._bytes_out += (sum(len(row[2]) for row in rows) + _ITEM_OVERHEAD * len(rows)
+                            + sum(item.size for item in profiles))
         for barrier in barriers:
             barrier.event.set()
         return len(items) + len(barriers) + len(profiles)
@@ -329,6 +343,8 @@ class QueueWriter:
         kind, invalid = item.invalid
         if invalid:
             intake.add_counts(conn, invalid, {f"profile-invalid:{kind}": invalid}, counter="profiles_dropped")
+        if item.shed:
+            intake.add_counts(conn, item.shed, {"profile-drop:buffer-full": item.shed}, counter="profiles_dropped")
         if item.rows and not space.room_for(conn, self.path, sum(len(row[3]) for row in item.rows)):
             intake.add_counts(conn, len(item.rows), {"profile-drop:disk-low": len(item.rows)},
                               counter="profiles_dropped")

@@ -300,3 +300,23 @@ def test_a_profile_written_after_the_queue_file_was_replaced_lands_in_the_new_fi
     assert profiles.update_user({"user_id": "after"}, queue_path=queue_path).result(PATIENCE) == 1
     assert [pid for _, pid, _ in queued(queue_path)] == ["after"]
     assert counts(queue_path)["profiles_pending"] == 1
+
+
+def test_profiles_beyond_the_writers_memory_bound_are_dropped_and_counted_not_held(queue_path):
+    # The writer's byte bound (what waits in memory while the file is unusable)
+    # covers profile hand-overs as well as events: a burst bigger than the bound
+    # is not held, and its loss is counted durably, by reason.
+    from moesifasgi.queue_writer import QueueWriter
+
+    writer = QueueWriter(queue_path, 1000, max_buffered_bytes=4096)
+    try:
+        big = [("user", f"u-{i}", time.time(), json.dumps({"user_id": f"u-{i}", "metadata": {"x": "y" * 1000}}))
+               for i in range(8)]
+        assert writer.submit_profiles(big, 1000).result(PATIENCE) == 0
+        small = [("user", "ok", time.time(), json.dumps({"user_id": "ok"}))]
+        assert writer.submit_profiles(small, 1000).result(PATIENCE) == 1
+        assert writer.buffered_bytes == 0
+    finally:
+        writer.close()
+    assert problem_counts(queue_path) == {"profile-drop:buffer-full": 8}
+    assert counts(queue_path)["profiles_dropped"] == 8 and [pid for _, pid, _ in queued(queue_path)] == ["ok"]
