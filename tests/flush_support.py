@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -103,3 +104,16 @@ async def eventually(predicate: Callable[[], object], timeout: float = PATIENCE,
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def damage_page_holding(path: str, marker: bytes) -> None:
+    """Overwrite the database page that stores `marker` with garbage."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as f:
+        data = f.read()
+        page = data.index(marker) // page_size
+        f.seek(page * page_size)
+        f.write(os.urandom(page_size))

@@ -128,17 +128,6 @@ async def test_a_400_isolates_the_bad_events_into_dead_letters_and_requeue_sends
     assert stats.sent == 2 and collector.distinct_transaction_ids() == set(tids)
 
 
-async def test_a_413_splits_the_batch_and_sends_every_event(path, collector):
-    tids = insert_events(path, 16)
-    collector.fail_next(413)
-    flusher = flusher_for(path, collector.url, batch_size=16)
-    stats = await flusher.drain()
-    await flusher.aclose()
-    assert (stats.sent, stats.dead_lettered) == (16, 0)
-    assert [(r[2], r[3]) for r in event_posts(collector)] == [(413, 0), (201, 8), (201, 8)]
-    assert collector.distinct_transaction_ids() == set(tids)
-
-
 async def test_events_older_than_30_days_go_to_dead_letters_without_being_posted(path, collector):
     old = insert_events(path, 3, created_at=time.time() - 31 * 24 * 3600)
     fresh = insert_events(path, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import tracemalloc
 from typing import Awaitable, Callable, List
 
 import httpx
@@ -200,3 +201,46 @@ async def test_a_post_over_tls_verifies_the_server_and_arrives(self_signed, monk
     assert untrusted.outcome == RETRY and "ConnectError" in (untrusted.error or "")
     assert trusted.outcome == OK and len(bodies) == 1
     assert [e["transaction_id"] for e in json.loads(gzip.decompress(bodies[0]))] == ["a", "b"]
+
+
+async def _answer_with(head_and_body: bytes):
+    async def handler(reader, writer):
+        await read_request(reader)
+        writer.write(head_and_body)
+        await writer.drain()
+        writer.close()
+
+    return await serve(handler)
+
+
+async def test_an_answer_too_large_to_be_moesifs_is_not_read_into_memory() -> None:
+    # A misbehaving proxy announcing gigabytes: the post fails (and is retried
+    # later) rather than the flusher allocating what the header claims.
+    server, url = await _answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 5000000000\r\n\r\n{}")
+    async with server:
+        poster = Http11Poster(url, {}, httpx.Timeout(10.0))
+        with pytest.raises(PostFailed, match="5000000000 bytes"):
+            await poster.post("/v1/events/batch", b"[]", {})
+        await poster.aclose()
+
+
+async def test_a_gzipped_answer_is_inflated_only_as_far_as_the_kept_error_text() -> None:
+    bomb = gzip.compress(b"x" * (64 * 1024 * 1024))  # 64 MB from about 64 KB
+    server, url = await _answer_with(b"HTTP/1.1 400 Bad Request\r\nContent-Encoding: gzip\r\nContent-Length: "
+                                     + str(len(bomb)).encode() + b"\r\n\r\n" + bomb)
+    async with server:
+        poster = Http11Poster(url, {}, httpx.Timeout(10.0))
+        tracemalloc.start()
+        try:
+            response = await poster.post("/v1/events/batch", b"[]", {})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        await poster.aclose()
+    assert response.status_code == 400 and response.content == b"x" * (64 * 1024)
+    assert peak < 8 * 1024 * 1024  # not the 64 MB the answer inflates to
+
+
+def test_a_header_that_would_split_the_request_is_refused() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        Http11Poster("http://127.0.0.1:9", {"X-Moesif-Application-Id": "app\r\nX-Evil: 1"}, httpx.Timeout(1.0))

@@ -18,7 +18,7 @@ from moesifasgi.storage import intake
 from moesifasgi_flush import queue_store as qs
 from moesifasgi_flush.flusher import Flusher
 from moesifasgi.testing.local_collector import LocalCollector
-from tests.flush_support import APP_ID, FAST, event_json, insert_events, query, stored_events
+from tests.flush_support import APP_ID, FAST, damage_page_holding, event_json, insert_events, query, stored_events
 
 
 def flusher_for(path, base_uri, **changes):
@@ -164,25 +164,13 @@ async def test_a_file_written_one_row_per_event_migrates_without_loss_and_drains
     assert (c["pending"], c["sent"]) == (0, 157)
 
 
-def _damage_page_holding(path: str, marker: bytes) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    with open(path, "r+b") as f:
-        data = f.read()
-        page = data.index(marker) // page_size
-        f.seek(page * page_size)
-        f.write(os.urandom(page_size))
-
-
 async def test_a_corrupt_file_is_salvaged_segment_by_segment_with_exact_counts(queue_path, collector):
     tids = []
     for _ in range(3):  # three groups: three segments of 100 events of ~1 KB
         tids += insert_events(queue_path, 100, prefix=f"sg{len(tids)}",
                               body=lambda t: event_json(t, metadata={"pad": "s" * 900}))
     middle = tids[150].encode()
-    _damage_page_holding(queue_path, middle)
+    damage_page_holding(queue_path, middle)
     moved = storage.quarantine(queue_path, storage.file_identity(queue_path))
     flusher = flusher_for(queue_path, collector.url)
     stats = await flusher.drain(20)

@@ -17,7 +17,7 @@ from moesifasgi.queue_writer import QueueWriter
 from moesifasgi.storage import maintenance, queue_file, space
 from moesifasgi_flush.flusher import Flusher
 from moesifasgi.testing.local_collector import LocalCollector
-from tests.flush_support import APP_ID, FAST, event_json, eventually, insert_events, wait_until
+from tests.flush_support import APP_ID, FAST, damage_page_holding, event_json, eventually, insert_events, wait_until
 
 
 def _counters(path: str) -> dict:
@@ -220,24 +220,11 @@ async def test_a_full_disk_does_not_stop_delivery_and_new_events_are_dropped_and
     assert counters["sent"] == sent
 
 
-def _damage_page_holding(path: str, marker: bytes) -> None:
-    """Overwrite the database page that stores `marker` with garbage."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    with open(path, "r+b") as f:
-        data = f.read()
-        page = data.index(marker) // page_size
-        f.seek(page * page_size)
-        f.write(os.urandom(page_size))
-
-
 async def test_damage_met_by_the_flusher_moves_the_file_aside_and_what_is_readable_is_delivered(queue_path,
                                                                                             collector):
     tids = insert_events(queue_path, 300, prefix="old", body=lambda t: event_json(t, metadata={"pad": "y" * 900}),
                          per_event_rows=True)
-    _damage_page_holding(queue_path, b"old-000150")
+    damage_page_holding(queue_path, b"old-000150")
     writer = QueueWriter(queue_path, capacity=10_000)  # a worker keeps writing through the damage
     flusher = Flusher(queue_path, APP_ID, collector.url, dataclasses.replace(FAST, maintenance_interval=0.2))
     task = asyncio.ensure_future(flusher.run())
@@ -317,7 +304,7 @@ def test_status_meeting_damage_moves_the_file_aside_and_a_fresh_queue_starts(que
 
     insert_events(queue_path, 300, prefix="st", body=lambda t: event_json(t, metadata={"pad": "v" * 900}),
                          per_event_rows=True)
-    _damage_page_holding(queue_path, b"st-000150")
+    damage_page_holding(queue_path, b"st-000150")
     result = CliRunner().invoke(cli, ["--queue", queue_path, "status"])
     assert result.exit_code != 0
     assert "moved to" in result.output, result.output
@@ -341,7 +328,7 @@ def test_a_file_that_is_not_sqlite_given_to_status_is_refused_and_never_moved(tm
 async def test_moesif_flush_drain_also_delivers_what_a_moved_corrupt_file_still_holds(queue_path, collector):
     tids = insert_events(queue_path, 200, prefix="dr", body=lambda t: event_json(t, metadata={"pad": "u" * 900}),
                          per_event_rows=True)
-    _damage_page_holding(queue_path, b"dr-000100")
+    damage_page_holding(queue_path, b"dr-000100")
     moved = storage.quarantine(queue_path, storage.file_identity(queue_path))
     flusher = Flusher(queue_path, APP_ID, collector.url, FAST)
     stats = await flusher.drain(20)

@@ -18,10 +18,10 @@ meanwhile is sent once more on a new one, as httpcore does.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import ssl
 import time
 import urllib.parse
+import zlib
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import httpx
@@ -30,6 +30,17 @@ __all__ = ["Http11Poster", "Response", "PostFailed"]
 
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_BODY_KEPT = 64 * 1024  # an answer's body is only read for its error text
+# Moesif answers in a few bytes: a larger answer (a misbehaving proxy) is not
+# read into memory; the connection is dropped and the post counts as failed.
+_MAX_BODY_READ = 1024 * 1024
+
+
+def _checked(headers: Mapping[str, str]) -> Dict[str, str]:
+    """The headers, refused (ValueError) if a name or value could split the request."""
+    for name, value in headers.items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value or "\0" in value or ":" in name:
+            raise ValueError(f"header {name!r} holds a line break, NUL or colon")
+    return dict(headers)
 
 
 class PostFailed(Exception):
@@ -78,7 +89,7 @@ class Http11Poster:
         default_port = self.port == (443 if self.tls else 80)
         host_header = self.host if ":" not in self.host else f"[{self.host}]"
         self._host_header = host_header if default_port else f"{host_header}:{self.port}"
-        self._headers = dict(headers)
+        self._headers = _checked(headers)
         self.timeout = timeout
         self.keepalive_expiry = keepalive_expiry
         self._idle: List[_Connection] = []
@@ -99,7 +110,10 @@ class Http11Poster:
         if self._closed:
             raise PostFailed("the client was closed")
         merged = dict(self._headers)
-        merged.update(headers)
+        try:
+            merged.update(_checked(headers))
+        except ValueError as exc:
+            raise PostFailed(f"LocalProtocolError: {exc}") from None
         head = [f"POST {self.prefix}{path} HTTP/1.1", f"Host: {self._host_header}",
                 f"Content-Length: {len(body)}"]
         head += [f"{name}: {value}" for name, value in merged.items()]
@@ -197,7 +211,10 @@ class Http11Poster:
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 content = await self._read_chunked(reader)
             elif "content-length" in headers:
-                content = await reader.readexactly(int(headers["content-length"]))
+                length = int(headers["content-length"])
+                if length > _MAX_BODY_READ:
+                    raise PostFailed(f"RemoteProtocolError: an answer of {length} bytes")
+                content = await reader.readexactly(length)
             elif status in (204, 304) or 100 <= status < 200:
                 content = b""
             else:
@@ -206,17 +223,21 @@ class Http11Poster:
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
             raise PostFailed(f"RemoteProtocolError: the answer's body ended early ({exc})") from exc
         if content and "gzip" in headers.get("content-encoding", "").lower():
-            try:
-                content = gzip.decompress(content)
-            except (OSError, EOFError):
+            try:  # at most what is kept: a small answer may inflate to gigabytes
+                content = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(content, _MAX_BODY_KEPT)
+            except zlib.error:
                 pass
         return Response(status, headers, content[:_MAX_BODY_KEPT]), keep
 
     @staticmethod
     async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         parts: List[bytes] = []
+        total = 0
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+            total += size
+            if total > _MAX_BODY_READ:
+                raise PostFailed(f"RemoteProtocolError: an answer of more than {_MAX_BODY_READ} bytes")
             if size == 0:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
                     pass
