@@ -195,8 +195,8 @@ class Delivery:
                 self.paused_until = now + delay
             elif result.retry_after:
                 self.paused_until = max(self.paused_until, now + result.retry_after)
-            if not self._problems.report("post", "posting events to Moesif failed (%s); events stay queued, "
-                                         "retrying with backoff", result.error or result.status):
+            if not self._problems.report("post", "posting to Moesif failed (%s); what was not sent stays "
+                                         "queued, retrying with backoff", result.error or result.status):
                 logger.debug("post failed again (%s); next try in %.1f s", result.error, self.pause_remaining())
         await self._record_error(result)
 
