@@ -43,9 +43,11 @@ except ImportError:
     intake = None  # type: ignore[assignment]
 
 try:
+    from moesifasgi.delivery import client as client_module
     from moesifasgi.delivery.client import MoesifClient
     from moesifasgi.delivery.flusher import Flusher, FlusherOptions
 except ImportError:  # a checkout from before the flusher moved (to measure it the same way)
+    from moesifasgi_flush import client as client_module  # type: ignore[no-redef]
     from moesifasgi_flush.client import MoesifClient  # type: ignore[no-redef]
     from moesifasgi_flush.flusher import Flusher, FlusherOptions  # type: ignore[no-redef]
 
@@ -234,7 +236,8 @@ def _run(args: argparse.Namespace, path: str) -> int:
         summary = collector.communicate(timeout=10)[0].strip().splitlines()
     rate = stats.sent / elapsed if elapsed else 0.0
     print(f"batch size {args.batch_size}, {args.concurrency} batches in flight, "
-          f"queue operations {'on the event loop' if in_loop else 'on a thread'}")
+          f"queue operations {'on the event loop' if in_loop else 'on a thread'}, "
+          f"gzip by {getattr(client_module, 'COMPRESSOR', 'zlib')}")
     print(f"drained {stats.sent} events in {elapsed:.2f} s: {rate:,.0f} events/s "
           f"(failed {stats.failed}, left {stats.remaining})")
     print(f"CPU during the drain: flusher {flusher_cpu / elapsed:.0%} of a core, "

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from importlib.metadata import version
 from typing import Callable
 
@@ -247,3 +249,30 @@ async def test_an_unreachable_config_endpoint_has_no_status() -> None:
         result = await client.get_config()
     assert result.status is None and result.data is None
     assert result.error == "ConnectTimeout: slow"
+
+
+_BODY_CHECK = """
+import gzip, sys
+{block}
+from moesifasgi.delivery import client
+body = client._gzip_body([b'{{"a": 1}}', b'{{"b": 2}}'])
+assert gzip.decompress(body) == b'[{{"a": 1}},{{"b": 2}}]', body
+assert body[:2] == b"\\x1f\\x8b" and body[4:8] == b"\\x00\\x00\\x00\\x00", body[:10]  # gzip, mtime 0
+print(client.COMPRESSOR)
+"""
+
+
+def _compressor_used(block: str) -> str:
+    out = subprocess.run([sys.executable, "-c", _BODY_CHECK.format(block=block)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_without_isal_bodies_are_gzipped_by_zlib_with_mtime_0_so_a_retry_sends_the_same_bytes() -> None:
+    assert _compressor_used("sys.modules['isal'] = None") == "zlib"
+
+
+def test_with_isal_installed_bodies_are_gzipped_by_it_in_the_same_format() -> None:
+    pytest.importorskip("isal")
+    assert _compressor_used("") == "isal"
