@@ -91,6 +91,7 @@ class QueueWriter:
         self._bytes_in = 0
         self._bytes_out = 0
         self._uncounted_drops = 0  # drops not yet added to the durable counter
+        self._uncounted_profile_drops = 0  # the same for profiles_dropped
         self._uncounted_problems: Dict[str, int] = {}  # per-reason counts not yet written
         self._drops_lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -220,7 +221,7 @@ class QueueWriter:
             backlog = len(self._buffer)
             while backlog > 0 and self._buffer:
                 backlog -= self._write_some()
-            if self._uncounted_drops or self._uncounted_problems:
+            if self._uncounted_drops or self._uncounted_profile_drops or self._uncounted_problems:
                 # Counts that came without an event to carry them (every event dropped).
                 self._write_uncounted_drops()
             self._refresh_shared_state()
@@ -319,6 +320,7 @@ class QueueWriter:
             refused = len(rows) - len(kept)
             with self._drops_lock:
                 earlier = self._uncounted_drops
+                earlier_profiles = self._uncounted_profile_drops
                 problems_seen = dict(self._uncounted_problems)
             counts = dict(problems_seen)
             if refused - low_space:
@@ -326,10 +328,13 @@ class QueueWriter:
             if low_space:
                 counts["drop:disk-low"] = counts.get("drop:disk-low", 0) + low_space
             intake.add_counts(conn, earlier + refused, counts)
+            if earlier_profiles:
+                intake.add_counts(conn, earlier_profiles, {}, counter="profiles_dropped")
         # Only now that COMMIT succeeded: a failed one must leave the earlier counts
         # to be written again (and _fail counts this group's rows).
         with self._drops_lock:
             self._uncounted_drops -= earlier
+            self._uncounted_profile_drops -= earlier_profiles
             self.dropped += refused
             _subtract(self._uncounted_problems, problems_seen)
         for item, count in zip(profiles, kept_profiles):
@@ -367,7 +372,14 @@ class QueueWriter:
         self._profiles_failed([item], RuntimeError("the queue file stayed locked"))
 
     def _profiles_failed(self, items: List[_Profiles], exc: BaseException) -> None:
-        """Profiles that could not be written: logged (they cannot be counted in the file)."""
+        """Profiles that could not be written: logged, and counted in the file with
+        the next write that succeeds (as dropped events are)."""
+        lost = sum(len(item.rows) for item in items)
+        if lost:
+            with self._drops_lock:
+                self._uncounted_profile_drops += lost
+                key = "profile-drop:write-failed"
+                self._uncounted_problems[key] = self._uncounted_problems.get(key, 0) + lost
         for item in items:
             if item.rows:
                 problems.report(f"profiles-{type(exc).__name__}",
@@ -380,18 +392,22 @@ class QueueWriter:
     def _write_uncounted_drops(self) -> None:
         with self._drops_lock:
             drops = self._uncounted_drops
+            profile_drops = self._uncounted_profile_drops
             problems_seen = dict(self._uncounted_problems)
-        if not drops and not problems_seen:
+        if not drops and not profile_drops and not problems_seen:
             return
         try:
             conn = self._connection()
             with storage.immediate(conn):
                 intake.add_counts(conn, drops, problems_seen)
+                if profile_drops:
+                    intake.add_counts(conn, profile_drops, {}, counter="profiles_dropped")
         except Exception as exc:  # counted again at the next attempt
             self._file.recover(exc)
             return
         with self._drops_lock:
             self._uncounted_drops -= drops
+            self._uncounted_profile_drops -= profile_drops
             _subtract(self._uncounted_problems, problems_seen)
 
     def _fail(self, items: List[Tuple[EventRow, Optional[DoneCallback]]], exc: Exception) -> None:

@@ -22,7 +22,7 @@ from moesifasgi_flush.profile_delivery import (
     deliver_profiles, profile_counts, requeue_profile_dead_letters)
 from moesifasgi.delivery.posting import Delivery
 from moesifasgi.delivery.pump import Pump
-from tests.flush_support import PATIENCE
+from tests.flush_support import PATIENCE, wait_until
 
 
 def queued(path):
@@ -320,3 +320,32 @@ def test_profiles_beyond_the_writers_memory_bound_are_dropped_and_counted_not_he
         writer.close()
     assert problem_counts(queue_path) == {"profile-drop:buffer-full": 8}
     assert counts(queue_path)["profiles_dropped"] == 8 and [pid for _, pid, _ in queued(queue_path)] == ["ok"]
+
+
+def test_profiles_lost_to_a_failed_commit_are_counted_durably_with_the_next_write(queue_path, monkeypatch):
+    # An I/O error is neither "locked" (kept and retried) nor corruption (moved
+    # aside and retried): the hand-over is lost, and the loss must reach the file.
+    from moesifasgi.queue_writer import QueueWriter
+    from moesifasgi.storage import intake
+
+    real = intake.insert_profiles
+    failures = []
+
+    def failing_once(conn, rows, cap):
+        if not failures:
+            failures.append(len(rows))
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, rows, cap)
+
+    monkeypatch.setattr(intake, "insert_profiles", failing_once)
+    writer = QueueWriter(queue_path, 1000)
+    try:
+        lost = [("user", f"u-{i}", time.time(), json.dumps({"user_id": f"u-{i}"})) for i in range(3)]
+        assert writer.submit_profiles(lost, 1000).result(PATIENCE) == 0
+        assert writer.flush(PATIENCE)
+        assert wait_until(lambda: counts(queue_path)["profiles_dropped"] == 3)
+    finally:
+        writer.close()
+    assert failures == [3]
+    assert problem_counts(queue_path) == {"profile-drop:write-failed": 3}
+    assert counts(queue_path)["profiles_pending"] == 0
