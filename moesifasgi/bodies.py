@@ -24,7 +24,6 @@ Multipart uploads are summarised as they stream, by :mod:`.multipart`.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import logging
 import re

@@ -7,7 +7,6 @@ import base64
 import json
 import math
 import sqlite3
-import time
 
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient

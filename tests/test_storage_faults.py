@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from moesifasgi import profiles, queue_writer, storage
+from moesifasgi import profiles, storage
 from moesifasgi.queue_writer import QueueWriter
 from moesifasgi.storage import maintenance, queue_file, space
 from moesifasgi_flush.flusher import Flusher

@@ -35,12 +35,12 @@ _MAX_BODY_KEPT = 64 * 1024  # an answer's body is only read for its error text
 _MAX_BODY_READ = 1024 * 1024
 
 
-def _checked(headers: Mapping[str, str]) -> Dict[str, str]:
-    """The headers, refused (ValueError) if a name or value could split the request."""
+def _checked(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The headers as they are, refused (ValueError) if a name or value could split the request."""
     for name, value in headers.items():
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value or "\0" in value or ":" in name:
             raise ValueError(f"header {name!r} holds a line break, NUL or colon")
-    return dict(headers)
+    return headers
 
 
 class PostFailed(Exception):
@@ -89,7 +89,7 @@ class Http11Poster:
         default_port = self.port == (443 if self.tls else 80)
         host_header = self.host if ":" not in self.host else f"[{self.host}]"
         self._host_header = host_header if default_port else f"{host_header}:{self.port}"
-        self._headers = _checked(headers)
+        self._headers = dict(_checked(headers))
         self.timeout = timeout
         self.keepalive_expiry = keepalive_expiry
         self._idle: List[_Connection] = []
