@@ -445,6 +445,24 @@ def _remove_tree(path: str) -> None:
     raise OSError(f"{path} kept coming back while it was being removed")
 
 
+def _replace_tree_with_file(path: str) -> None:
+    """Put a plain file where the directory `path` was. A writer may recreate
+    the directory between a removal and an open(), so the file is made beside
+    it and renamed into place, which fails while a directory is there; remove
+    and rename again until the rename wins."""
+    spare = f"{path}.file"
+    with open(spare, "w") as f:
+        f.write("not a directory\n")
+    for _ in range(100):
+        _remove_tree(path)
+        try:
+            os.rename(spare, path)
+            return
+        except IsADirectoryError:  # rename(2)'s EISDIR: the directory is back
+            continue
+    raise OSError(f"{path} kept coming back as a directory")
+
+
 def scenario_disk_trouble(target: Target, d: Durations) -> List[Outcome]:
     """6. The queue directory removed mid-load, later replaced by a plain file
     (unusable path; we run as root, so chmod would not stop us), then restored."""
@@ -457,9 +475,7 @@ def scenario_disk_trouble(target: Target, d: Durations) -> List[Outcome]:
         _remove_tree(stage.queue_dir)
         stage.keep_loading(gen, "removed", third, d.load / 3, until=lambda: os.path.exists(stage.queue))
         recreated = os.path.exists(stage.queue)
-        _remove_tree(stage.queue_dir)
-        with open(stage.queue_dir, "w") as f:  # now the directory cannot be created
-            f.write("not a directory\n")
+        _replace_tree_with_file(stage.queue_dir)  # now the directory cannot be created
         stage.keep_loading(gen, "unusable", third, d.load / 3)
         os.unlink(stage.queue_dir)  # the operator repairs it
         repaired = time.perf_counter()
