@@ -12,6 +12,10 @@ queue writer) and of the helper, read from /proc, medians over the rounds. The
 differences between the rows split the middleware's cost into what the request path
 does, what writing the queue adds (on the writer thread and, through the GIL, on the
 main thread) and what draining adds.
+
+With `--against <checkout>`, the rows are the bare app, ours as deployed and the other
+checkout's package as deployed (its package ahead on PYTHONPATH, helper included),
+alternating: an A/B of a change on a machine whose speed drifts.
 """
 from __future__ import annotations
 
@@ -58,9 +62,9 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, collector: Collector, endpoint: str, seconds: int) -> Dict[str, float]:
+def measure(name: str, config: Dict[str, str], collector: Collector, endpoint: str, seconds: int) -> Dict[str, float]:
     workdir = tempfile.mkdtemp(prefix="moesif-split-")
-    env = dict(CONFIGS[name], BENCH_CALLBACKS="1", MOESIF_BASE_URI=collector.url,
+    env = dict(config, BENCH_CALLBACKS="1", MOESIF_BASE_URI=collector.url,
                MOESIF_QUEUE_PATH=os.path.join(workdir, "q.sqlite"))
     server = AppServer(sys.executable, "bare" if name == "bare" else "ours", env)
     try:
@@ -86,13 +90,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--endpoint", default="/hello", choices=["/hello", "/echo"])
+    parser.add_argument("--against", help="another checkout of this package: A/B instead of the split")
     args = parser.parse_args()
+    configs = CONFIGS
+    if args.against:
+        here = os.path.dirname(os.path.abspath(__file__))
+        other = {"PYTHONPATH": os.pathsep.join([os.path.abspath(args.against), here])}
+        configs = {"bare": {}, "ours (helper draining)": {}, "other (helper draining)": other}
     collector = Collector()
-    runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in CONFIGS}
+    runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in configs}
     try:
         for round_no in range(args.rounds):
-            for name in CONFIGS:
-                m = measure(name, collector, args.endpoint, args.seconds)
+            for name, config in configs.items():
+                m = measure(name, config, collector, args.endpoint, args.seconds)
                 runs[name].append(m)
                 print(f"round {round_no + 1} {name:24s} " + "  ".join(f"{k} {v:.0f}" for k, v in sorted(m.items())),
                       flush=True)
