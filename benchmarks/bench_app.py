@@ -142,8 +142,8 @@ if os.environ.get("BENCH_STATS"):
     import atexit, sys
 
     def _stats():
-        from moesifasgi import queue_writer
-        for w in queue_writer._writers.values():
+        from moesifasgi import writers
+        for w in (writers._writers.peek() or {}).values():
             print(f"writer: committed={w.committed} commits={w.commits}", file=sys.stderr)
     atexit.register(_stats)
 if os.environ.get("BENCH_NORECORD"):

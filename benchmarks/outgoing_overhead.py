@@ -130,7 +130,7 @@ def in_process_clients() -> Dict[str, Callable[[int], float]]:
 
 
 def measure(runs: Dict[str, Callable[[int], float]], settings: object, calls: int, rounds: int) -> Dict[str, Dict[str, List[float]]]:
-    from moesifasgi import outgoing, queue_writer
+    from moesifasgi import outgoing, writers
 
     results: Dict[str, Dict[str, List[float]]] = {name: {"off": [], "on": []} for name in runs}
     for name, run in runs.items():
@@ -142,12 +142,12 @@ def measure(runs: Dict[str, Callable[[int], float]], settings: object, calls: in
                     outgoing.install(settings)  # type: ignore[arg-type]
                 else:
                     outgoing.uninstall()
-                queue_writer.flush_all()
+                writers.flush_all()
                 per_call = run(calls) / calls * 1e6
                 results[name][mode].append(per_call)
                 print(f"{name:24s} round {round_no + 1} {mode:3s} {per_call:8.1f} µs/call", flush=True)
     outgoing.uninstall()
-    queue_writer.flush_all()
+    writers.flush_all()
     return results
 
 

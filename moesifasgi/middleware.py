@@ -26,7 +26,7 @@ from .governance.asgi import adding_headers, check, respond_blocked
 from . import outgoing, profiles, shutdown
 from .identity import user_id_from_authorization
 from .pipeline import EventPipeline
-from .queue_writer import close_all, flush_all
+from .writers import close_all, flush_all
 from .recording import CallbackSet, Identity, RecordingSequence
 from .settings import Settings, parse_settings
 from .sync_bridge import is_async_callable, run_without_loop, running_loop, spawn, wait_background

@@ -20,7 +20,8 @@ from .event_builder import route_of
 from .field_masks import maskers_for
 from .masking import MaskingError, apply_mask
 from .per_process import current_pid
-from .queue_writer import QueueWriter, writer_for
+from .queue_writer import QueueWriter
+from .writers import writer_for
 from .sampling import keep, weight_for
 from .settings import Settings
 from .shared_state import SharedState

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from . import queue_writer
+from . import writers
 from .diagnostics import problems
 from .event_builder import format_time
 from .settings import DEFAULT_EVENT_QUEUE_SIZE, resolve_queue_path
@@ -87,7 +87,7 @@ def update_companies_batch(profiles: Iterable[Any], *, queue_path: Optional[str]
 def flush_profiles(timeout: float = 5.0) -> bool:
     """Wait until every profile handed over so far in this process is written."""
     try:
-        return queue_writer.flush_all(timeout)
+        return writers.flush_all(timeout)
     except Exception:
         return False
 
@@ -197,7 +197,7 @@ def _queue_valid(kind: str, given: Any, queue_path: Optional[str], batch: bool) 
         return _done(0)
     # Written by the same per-process writer thread as the events of this file,
     # in its group commits; the invalid ones are counted in the same transaction.
-    future = queue_writer.writer_for_queue(path, DEFAULT_EVENT_QUEUE_SIZE).submit_profiles(
+    future = writers.writer_for_queue(path, DEFAULT_EVENT_QUEUE_SIZE).submit_profiles(
         rows, MAX_PENDING_PROFILES, (kind, invalid))
     try:
         asyncio.get_running_loop()

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from moesifasgi import queue_writer, storage
+from moesifasgi import storage, writers
 from moesifasgi.diagnostics import problems
 from tests._compat import accept_content_on_old_testclients
 
@@ -47,7 +47,7 @@ def collector():
 def _fresh_process_state():
     problems.reset()
     yield
-    queue_writer.close_all()
+    writers.close_all()
     problems.reset()
 
 
@@ -55,7 +55,7 @@ def read_events(path: str) -> List[Dict[str, Any]]:
     """Every event committed to the queue at `path`, oldest first (after flushing writers)."""
     from moesifasgi.storage import queue_store
 
-    queue_writer.flush_all()
+    writers.flush_all()
     conn = sqlite3.connect(path)
     try:
         return [json.loads(event.body) for event in queue_store.stored_events(conn)]
@@ -64,7 +64,7 @@ def read_events(path: str) -> List[Dict[str, Any]]:
 
 
 def read_counter(path: str, name: str) -> int:
-    queue_writer.flush_all()
+    writers.flush_all()
     conn = sqlite3.connect(path)
     try:
         return conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
@@ -74,7 +74,7 @@ def read_counter(path: str, name: str) -> int:
 
 def read_problems(path: str) -> Dict[str, int]:
     """The per-reason problem counts of the queue at `path` (after flushing writers)."""
-    queue_writer.flush_all()
+    writers.flush_all()
     conn = sqlite3.connect(path)
     try:
         return dict(conn.execute("SELECT reason, count FROM problem_counts"))

@@ -178,7 +178,7 @@ def test_status_shows_the_recording_problems_counted_by_the_middleware_per_reaso
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from moesifasgi import MoesifMiddleware, queue_writer
+    from moesifasgi import MoesifMiddleware, writers
 
     app = FastAPI()
 
@@ -193,7 +193,7 @@ def test_status_shows_the_recording_problems_counted_by_the_middleware_per_reaso
     client = TestClient(app)
     for _ in range(3):
         client.get("/ok")
-    queue_writer.flush_all()
+    writers.flush_all()
     monkeypatch.setenv("MOESIF_QUEUE_PATH", queue_path)
     info = json.loads(invoke(runner, "status", "--json").output)
     assert info["pending"] == 3 and info["dropped"] == 0

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from fastapi.testclient import TestClient
 
-from moesifasgi import MoesifMiddleware, queue_writer, storage
+from moesifasgi import MoesifMiddleware, storage, writers
 
 from .conftest import read_events
 from .flush_support import PATIENCE
@@ -54,7 +54,7 @@ def governed_client(queue_path: str, calls: list, identified: list) -> TestClien
         "BASE_URI": "http://127.0.0.1:9", "IDENTIFY_USER": identify_user})
     client = TestClient(app)
     client.get("/warm-up")  # starts this process's writer, which loads the stored rules
-    writer = queue_writer.writer_for(queue_path, 1_000_000, "app-id")  # the middleware's own writer
+    writer = writers.writer_for(queue_path, 1_000_000, "app-id")  # the middleware's own writer
     deadline = time.monotonic() + PATIENCE
     while writer.shared.governance is None and time.monotonic() < deadline:
         writer._wakeup.set()

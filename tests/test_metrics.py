@@ -14,7 +14,7 @@ def test_the_app_and_the_embedded_helper_never_import_prometheus_client(tmp_path
         import sys
         from fastapi import FastAPI
         from fastapi.testclient import TestClient
-        from moesifasgi import MoesifMiddleware, queue_writer
+        from moesifasgi import MoesifMiddleware, writers
         import moesifasgi.delivery.helper  # what the embedded flusher's process runs
         app = FastAPI()
 
@@ -26,7 +26,7 @@ def test_the_app_and_the_embedded_helper_never_import_prometheus_client(tmp_path
                                                         "QUEUE_PATH": {str(tmp_path / 'q.sqlite')!r}}})
         with TestClient(app) as client:
             assert client.get("/x").status_code == 200
-        queue_writer.flush_all()
+        writers.flush_all()
         print("prometheus_client" in sys.modules, "moesifasgi_flush.metrics" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -200,9 +200,9 @@ def test_a_corrupt_queue_file_is_moved_aside_once_and_a_new_one_takes_the_events
     with caplog.at_level(logging.WARNING, logger="moesifasgi"):
         for _ in range(20):
             assert client.get("/ok").status_code == 200
-        from moesifasgi import queue_writer
+        from moesifasgi import writers
 
-        queue_writer.flush_all()
+        writers.flush_all()
     errors = [r for r in caplog.records if "is corrupt" in r.getMessage()]
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
     [moved] = tmp_path.glob("broken.sqlite.corrupt-*")
@@ -218,9 +218,9 @@ def test_a_queue_file_that_cannot_be_opened_never_breaks_the_app_and_is_logged_o
     with caplog.at_level(logging.WARNING, logger="moesifasgi"):
         for _ in range(20):
             assert client.get("/ok").status_code == 200
-        from moesifasgi import queue_writer
+        from moesifasgi import writers
 
-        queue_writer.flush_all()
+        writers.flush_all()
     errors = [r for r in caplog.records if "cannot write to the queue file" in r.getMessage()]
     assert len(errors) == 1
     assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))

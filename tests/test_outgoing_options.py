@@ -12,7 +12,7 @@ import requests
 
 from moesifasgi import outgoing
 from moesifasgi.outgoing import recorder as recorder_module
-from moesifasgi.queue_writer import writer_for
+from moesifasgi.writers import writer_for
 from moesifasgi.sampling import SamplingConfig
 from moesifasgi.settings import parse_settings
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from starlette.testclient import TestClient
 
-from moesifasgi import MoesifMiddleware, queue_writer
+from moesifasgi import MoesifMiddleware, writers
 from moesifasgi.field_masks import MASK_MARKER
 from moesifasgi.storage import queue_store
 from moesifasgi.testing.local_collector import LocalCollector
@@ -162,7 +162,7 @@ def incoming(tmp_path_factory) -> Iterator[Dict[str, Any]]:
             assert client.get("/headers", headers={"x-secret-header": secret("headers")}).status_code == 200
             token = _jwt({"sub": "user-42", "password": secret("authorization")})
             assert client.get("/authorization", headers={"authorization": f"Bearer {token}"}).status_code == 200
-        queue_writer.flush_all()
+        writers.flush_all()
         stored = queue_bytes(path)
         conn = sqlite3.connect(path)
         events = [json.loads(e.body) for e in queue_store.stored_events(conn)]
@@ -175,7 +175,7 @@ def incoming(tmp_path_factory) -> Iterator[Dict[str, Any]]:
     finally:
         root.removeHandler(logs)
         root.setLevel(old_level)
-        queue_writer.close_all()
+        writers.close_all()
 
 
 def _event_for(events: List[Dict[str, Any]], form: str) -> Dict[str, Any]:
@@ -240,7 +240,7 @@ def test_outgoing_credentials_and_masked_fields_never_reach_the_queue_or_the_col
     capture(APPLICATION_ID=APP_ID, REQUEST_BODY_MASKS=["password"], RESPONSE_BODY_MASKS=["password"], DEBUG=True)
     with caplog.at_level(logging.DEBUG):
         _outgoing_calls(target.url)
-    queue_writer.flush_all()
+    writers.flush_all()
     basic = base64.b64encode(f"user:{secret('outgoing')}".encode())
     stored = queue_bytes(queue_path)
     conn = sqlite3.connect(queue_path)
@@ -260,7 +260,7 @@ def test_outgoing_credentials_and_masked_fields_never_reach_the_queue_or_the_col
 def test_outgoing_credentials_are_kept_when_redaction_is_turned_off(capture, target, queue_path):
     capture(REDACT_OUTGOING_CREDENTIALS=False)
     requests.get(f"{target.url}/json?api_key={secret('off')}", headers={"Authorization": f"Bearer {secret('off')}"})
-    queue_writer.flush_all()
+    writers.flush_all()
     conn = sqlite3.connect(queue_path)
     body = next(queue_store.stored_events(conn)).body
     conn.close()
@@ -290,7 +290,7 @@ def test_the_readme_mask_example_lets_no_password_through_in_any_body_form(tmp_p
         for form, (content_type, body) in INCOMING_BODIES.items():
             assert client.post(f"/{form}", content=body, headers={"content-type": content_type}).status_code == 200
         client.post("/multipart", data={"password": secret("multipart")}, files={"file": ("a.txt", b"x")})
-    queue_writer.flush_all()
+    writers.flush_all()
     # The echo app's secret response header is not a body: this mask is not about it.
     stored = queue_bytes(path).replace(secret("headers").encode(), b"")
     assert stored.count(b'"transaction_id"') >= len(INCOMING_BODIES) + 1
@@ -308,7 +308,7 @@ def test_without_mask_event_model_the_declarative_masks_still_hold_on_every_path
         for form, (content_type, body) in INCOMING_BODIES.items():
             assert client.post(f"/{form}", content=body, headers={"content-type": content_type}).status_code == 200
         client.get("/query", params={"password": secret("query")})
-    queue_writer.flush_all()
+    writers.flush_all()
     stored = queue_bytes(path)
     assert stored.count(b'"transaction_id"') >= len(INCOMING_BODIES) + 1
     assert TAG.encode() not in stored

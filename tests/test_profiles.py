@@ -14,7 +14,7 @@ import time
 import pytest
 from moesifapi.models import CompanyModel, UserModel
 
-from moesifasgi import profiles, queue_writer, storage
+from moesifasgi import profiles, queue_writer, storage, writers
 from moesifasgi_flush.async_db import AsyncDB
 from moesifasgi_flush.client import MoesifClient
 from moesifasgi.testing.local_collector import LocalCollector
@@ -266,7 +266,7 @@ def test_a_profile_update_and_events_of_one_process_are_committed_by_the_same_th
 
     monkeypatch.setattr(intake, "insert_events", recording_events)
     monkeypatch.setattr(intake, "insert_profiles", recording_profiles)
-    writer = queue_writer.writer_for(queue_path, 1000, "app-id")  # what the middleware uses
+    writer = writers.writer_for(queue_path, 1000, "app-id")  # what the middleware uses
     assert writer.submit(("tid-1", time.time(), '{"request":{}}'))
     assert writer.flush(PATIENCE)
     assert profiles.update_user({"user_id": "u1"}, queue_path=queue_path).result(PATIENCE) == 1
@@ -280,11 +280,11 @@ def test_a_profile_update_and_events_of_one_process_are_committed_by_the_same_th
 
 def test_profiles_sent_before_any_middleware_share_the_writer_the_middleware_then_uses(queue_path):
     assert profiles.update_user({"user_id": "early"}, queue_path=queue_path).result(PATIENCE) == 1
-    first = queue_writer.writer_for_queue(queue_path, 1000)
-    assert queue_writer.writer_for(queue_path, 1000, "app-id") is first
+    first = writers.writer_for_queue(queue_path, 1000)
+    assert writers.writer_for(queue_path, 1000, "app-id") is first
     assert first.application_id == "app-id"
     assert profiles.update_user({"user_id": "later"}, queue_path=queue_path).result(PATIENCE) == 1
-    assert queue_writer.writer_for_queue(queue_path, 1000) is first
+    assert writers.writer_for_queue(queue_path, 1000) is first
     assert [pid for _, pid, _ in queued(queue_path)] == ["early", "later"]
 
 

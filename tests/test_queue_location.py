@@ -278,7 +278,7 @@ def test_a_private_queue_directory_inside_a_shared_one_is_accepted_and_the_share
 def test_an_app_run_as_a_second_user_keeps_its_default_queue_private_from_a_third(no_home, tmp_path):
     from starlette.testclient import TestClient
 
-    from moesifasgi import MoesifMiddleware, queue_writer
+    from moesifasgi import MoesifMiddleware, writers
 
     victim, other = OTHER_UID, THIRD_UID
 
@@ -289,7 +289,7 @@ def test_an_app_run_as_a_second_user_keeps_its_default_queue_private_from_a_thir
     def serve_one_call(**settings: str) -> str:
         middleware = MoesifMiddleware(app, settings={"APPLICATION_ID": "app", "FLUSHER": "external", **settings})
         assert TestClient(middleware).get("/x").status_code == 200
-        queue_writer.close_all()
+        writers.close_all()
         return middleware.settings.queue_path
 
     # Once here first: the child cannot import what the test interpreter keeps under /root.

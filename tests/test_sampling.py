@@ -236,7 +236,7 @@ def test_keep_compares_rand_times_100_with_the_rate(rate_value, rand, kept):
 def test_the_middleware_and_every_writer_of_a_queue_file_share_one_config_snapshot(tmp_path):
     from moesifasgi import shared_state
     from moesifasgi.pipeline import EventPipeline
-    from moesifasgi.queue_writer import writer_for
+    from moesifasgi.writers import writer_for
     from moesifasgi.settings import parse_settings
 
     path = str(tmp_path / "q.sqlite")

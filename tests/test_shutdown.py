@@ -22,9 +22,9 @@ from tests.server_support import ROOT, Call, free_port, kill_server, recorded_id
 # A process with a writer on the queue file argv[1]; submit_three() queues three events.
 PRELUDE = """
 import os, signal, sys, threading, time
-from moesifasgi import queue_writer, shutdown
+from moesifasgi import shutdown, writers
 path = sys.argv[1]
-writer = queue_writer.writer_for(path, 1000)
+writer = writers.writer_for(path, 1000)
 def submit_three():
     for n in range(3):
         writer.submit((f"tid-{n}", time.time(), '{"n": %d}' % n))
@@ -111,7 +111,7 @@ def test_a_forked_multiprocessing_child_that_ends_with_os_exit_commits_first(que
         import multiprocessing
         writer.close()
         def child():
-            queue_writer.writer_for(path, 1000).submit(("tid-child", time.time(), "{}"))
+            writers.writer_for(path, 1000).submit(("tid-child", time.time(), "{}"))
         p = multiprocessing.get_context("fork").Process(target=child)
         p.start()
         p.join(60)
