@@ -20,6 +20,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
+    p90_ms: float = 0.0
 
 
 def _ms(text: str) -> float:
@@ -36,17 +37,24 @@ def require_wrk() -> str:
     return path
 
 
-def run_wrk(url: str, *, seconds: int, connections: int = 16, threads: int = 1, post_json: Optional[dict] = None) -> WrkResult:
+def run_wrk(url: str, *, seconds: int, connections: int = 16, threads: int = 1, post_json: Optional[dict] = None,
+            think_ms: Optional[float] = None) -> WrkResult:
+    """wrk's figures for `url`. With `think_ms`, each connection waits that long
+    before each request (wrk's `delay()`), so that the load stays below what the
+    server can take and the latencies are service times, not queueing."""
     cmd = [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     script = None
+    lua = ""
     if post_json is not None:
         body = json.dumps(post_json)
+        lua += ('wrk.method = "POST"\n'
+                f"wrk.body = {json.dumps(body)}\n"
+                'wrk.headers["Content-Type"] = "application/json"\n')
+    if think_ms is not None:
+        lua += f"function delay()\n  return {think_ms:g}\nend\n"
+    if lua:
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(
-            'wrk.method = "POST"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script.write(lua)
         script.close()
         cmd += ["-s", script.name]
     try:
@@ -56,6 +64,7 @@ def run_wrk(url: str, *, seconds: int, connections: int = 16, threads: int = 1, 
             os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p90 = _ms(re.search(r"^\s+90%\s+(\S+)", out, re.M).group(1))
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
@@ -65,4 +74,4 @@ def run_wrk(url: str, *, seconds: int, connections: int = 16, threads: int = 1, 
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if sock:
         errors += sum(int(x) for x in sock.groups())
-    return WrkResult(rps, p50, p99, total, errors)
+    return WrkResult(rps, p50, p99, total, errors, p90)

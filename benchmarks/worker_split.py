@@ -2,8 +2,10 @@
 
     python benchmarks/worker_split.py --rounds 4 --seconds 5 --endpoint /hello
 
-Serves `bench_app.py` under uvicorn[standard] (one worker, `wrk -t1 -c32`) in four
-configurations, alternating within each round: the bare app; ours with the queue
+Serves `bench_app.py` under uvicorn[standard] (one worker, `wrk -t1 -c32`) in five
+configurations, alternating within each round: the bare app; ours with the recording
+stubbed out (`BENCH_NORECORD=1`, no flusher: the capture alone, the `Exchange` and the
+wrapped `receive` and `send`); ours with the queue
 writer's `submit` stubbed out and no flusher (`BENCH_NOWRITE=1`, `MOESIF_FLUSHER=external`:
 capture, callbacks and the event, nothing written); ours writing but with no flusher;
 ours as deployed (the embedded helper draining to the loopback stand-in). For each it
@@ -34,6 +36,7 @@ from _wrk import run_wrk  # noqa: E402
 
 CONFIGS: Dict[str, Dict[str, str]] = {
     "bare": {},
+    "ours, capture only": {"BENCH_NORECORD": "1", "MOESIF_FLUSHER": "external"},
     "ours, nothing written": {"BENCH_NOWRITE": "1", "MOESIF_FLUSHER": "external"},
     "ours, no flusher": {"MOESIF_FLUSHER": "external"},
     "ours (helper draining)": {},
