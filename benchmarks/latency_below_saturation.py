@@ -24,10 +24,9 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _harness import ECHO_BODY  # noqa: E402
 from _servers import AppServer, Collector  # noqa: E402
 from _wrk import run_wrk  # noqa: E402
-
-ECHO = {"user": "ann", "items": [{"sku": f"SKU-{i}", "qty": i, "note": "x" * 40} for i in range(12)]}
 
 
 # What each row runs: the bench app's mode and extra environment.
@@ -46,7 +45,7 @@ def measure(name: str, collector: Collector, args: argparse.Namespace) -> Dict[s
     env = dict(extra, BENCH_CALLBACKS="1", MOESIF_BASE_URI=collector.url,
                MOESIF_QUEUE_PATH=os.path.join(workdir, "q.sqlite"))
     server = AppServer(sys.executable, mode, env)
-    body = ECHO if args.endpoint == "/echo" else None
+    body = ECHO_BODY if args.endpoint == "/echo" else None
     try:
         run_wrk(server.url + args.endpoint, seconds=2, connections=args.connections, post_json=body,
                 think_ms=args.think_ms)  # warm-up

@@ -31,6 +31,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _harness import ECHO_BODY  # noqa: E402
 from _servers import AppServer, Collector  # noqa: E402
 from _wrk import run_wrk  # noqa: E402
 
@@ -71,8 +72,7 @@ def measure(name: str, config: Dict[str, str], collector: Collector, endpoint: s
                MOESIF_QUEUE_PATH=os.path.join(workdir, "q.sqlite"))
     server = AppServer(sys.executable, "bare" if name == "bare" else "ours", env)
     try:
-        post = {"user": "ann", "items": [{"sku": f"SKU-{i}", "qty": i, "note": "x" * 40} for i in range(12)]}
-        body = post if endpoint == "/echo" else None
+        body = ECHO_BODY if endpoint == "/echo" else None
         run_wrk(server.url + endpoint, seconds=2, connections=32, post_json=body)  # warm-up
         worker = server.worker_pids()[0] if server.worker_pids() else server.proc.pid
         helpers = server.helper_pids()
