@@ -74,7 +74,8 @@ def measure(name: str, config: Dict[str, str], collector: Collector, endpoint: s
     try:
         body = ECHO_BODY if endpoint == "/echo" else None
         run_wrk(server.url + endpoint, seconds=2, connections=32, post_json=body)  # warm-up
-        worker = server.worker_pids()[0] if server.worker_pids() else server.proc.pid
+        workers = server.worker_pids()  # none under uvicorn with one worker: the server is the worker
+        worker = workers[0] if workers else server.proc.pid
         helpers = server.helper_pids()
         before, helper_before = _cpu_by_thread(worker), sum(_process_cpu(p) for p in helpers)
         result = run_wrk(server.url + endpoint, seconds=seconds, connections=32, post_json=body)
