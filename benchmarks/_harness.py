@@ -69,7 +69,8 @@ def require_standard(python: str) -> None:
         raise SystemExit(f"{python} lacks uvloop/httptools: pip install 'uvicorn[standard]' (or -e '.[bench]')")
 
 
-def _stat_cpu(path: str) -> float:
+def stat_cpu(path: str) -> float:
+    """utime + stime in seconds from a /proc .../stat file (0 when it is gone)."""
     try:
         with open(path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -96,7 +97,7 @@ def cpu_snapshot(server: AppServer, sink_pid: Optional[int]) -> Dict[str, float]
         except OSError:
             continue
         for tid in tids:
-            cpu = _stat_cpu(f"{task_dir}/{tid}/stat")
+            cpu = stat_cpu(f"{task_dir}/{tid}/stat")
             if int(tid) == pid:
                 snap["main"] += cpu
             elif _comm(f"{task_dir}/{tid}/comm") == _WRITER_THREAD:
@@ -104,9 +105,9 @@ def cpu_snapshot(server: AppServer, sink_pid: Optional[int]) -> Dict[str, float]
             else:
                 snap["threads"] += cpu
     for pid in server.helper_pids():
-        snap["helper"] += _stat_cpu(f"/proc/{pid}/stat")
+        snap["helper"] += stat_cpu(f"/proc/{pid}/stat")
     if sink_pid:
-        snap["sink"] += _stat_cpu(f"/proc/{sink_pid}/stat")
+        snap["sink"] += stat_cpu(f"/proc/{sink_pid}/stat")
     return snap
 
 
@@ -179,6 +180,7 @@ class LoadSpec:
     quiet: float = 3.0
     wait_delivery: bool = True
     extra_env: Dict[str, str] = field(default_factory=dict)   # e.g. bench_app's BENCH_NORECORD
+    think_ms: Optional[float] = None   # each connection waits this long before each request (below saturation)
 
 
 def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> Run:
@@ -203,9 +205,11 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
     try:
         url = server.url + spec.endpoint
         post = ECHO_BODY if spec.endpoint == "/echo" else None
-        warm = run_wrk(url, seconds=spec.warmup, connections=spec.connections, post_json=post)
+        warm = run_wrk(url, seconds=spec.warmup, connections=spec.connections, post_json=post,
+                       think_ms=spec.think_ms)
         before = cpu_snapshot(server, sink_pid)
-        result = run_wrk(url, seconds=spec.seconds, connections=spec.connections, post_json=post)
+        result = run_wrk(url, seconds=spec.seconds, connections=spec.connections, post_json=post,
+                         think_ms=spec.think_ms)
         run = Run(result, expected=warm.requests + result.requests)
         if spec.wait_delivery and record:
             _wait_moesif(run, record, spec)

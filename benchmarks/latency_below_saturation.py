@@ -20,41 +20,29 @@ import shutil
 import statistics
 import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import ECHO_BODY  # noqa: E402
-from _servers import AppServer, Collector  # noqa: E402
-from _wrk import run_wrk  # noqa: E402
+from _harness import LoadSpec, measure  # noqa: E402
 
-
-# What each row runs: the bench app's mode and extra environment.
-MODES = {
-    "bare": ("bare", {}),
-    "ours": ("ours", {}),
+# What each row runs: the bench app's mode and the flusher.
+MODES: Dict[str, Tuple[str, str]] = {
+    "bare": ("bare", "embedded"),
+    "ours": ("ours", "embedded"),
     # No helper on the box: what the worker alone adds, apart from the helper's
     # draining competing with it for the two cores.
-    "ours, no flusher": ("ours", {"MOESIF_FLUSHER": "external"}),
+    "ours, no flusher": ("ours", "external"),
 }
 
 
-def measure(name: str, collector: Collector, args: argparse.Namespace) -> Dict[str, float]:
-    workdir = tempfile.mkdtemp(prefix="moesif-latency-")
-    mode, extra = MODES[name]
-    env = dict(extra, BENCH_CALLBACKS="1", MOESIF_BASE_URI=collector.url,
-               MOESIF_QUEUE_PATH=os.path.join(workdir, "q.sqlite"))
-    server = AppServer(sys.executable, mode, env)
-    body = ECHO_BODY if args.endpoint == "/echo" else None
-    try:
-        run_wrk(server.url + args.endpoint, seconds=2, connections=args.connections, post_json=body,
-                think_ms=args.think_ms)  # warm-up
-        r = run_wrk(server.url + args.endpoint, seconds=args.seconds, connections=args.connections,
-                    post_json=body, think_ms=args.think_ms)
-        return {"req/s": r.requests_per_s, "p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "errors": r.errors}
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+def run_mode(name: str, args: argparse.Namespace, workdir: str, seq: int) -> Dict[str, float]:
+    """One load through `_harness.measure`, each connection thinking `--think-ms`."""
+    mode, flusher = MODES[name]
+    spec = LoadSpec(args.endpoint, args.seconds, args.connections, warmup=2, flusher=flusher,
+                    think_ms=args.think_ms, wait_delivery=False)
+    r = measure(mode, sys.executable, spec, workdir, seq).wrk
+    return {"req/s": r.requests_per_s, "p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "errors": r.errors}
 
 
 def main() -> None:
@@ -66,16 +54,18 @@ def main() -> None:
     parser.add_argument("--endpoint", default="/hello", choices=["/hello", "/echo"])
     parser.add_argument("--modes", nargs="*", choices=list(MODES), default=list(MODES))
     args = parser.parse_args()
-    collector = Collector()
     runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in ["bare"] + [m for m in args.modes if m != "bare"]}
+    workdir = tempfile.mkdtemp(prefix="moesif-latency-")
+    seq = 0  # numbers each run's files in the work directory
     try:
         for round_no in range(args.rounds):
             for mode in runs:
-                m = measure(mode, collector, args)
+                seq += 1
+                m = run_mode(mode, args, workdir, seq)
                 runs[mode].append(m)
                 print(f"round {round_no + 1} {mode:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
     finally:
-        collector.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     keys = ["req/s", "p50", "p90", "p99"]
     med = {mode: {k: statistics.median(m[k] for m in measured) for k in keys} for mode, measured in runs.items()}
     print(f"\n{args.endpoint}, {args.connections} connections each waiting {args.think_ms:g} ms before each "

@@ -81,10 +81,10 @@ def _child(calls: int, capture_only: bool = False) -> Dict[str, float]:
             await app(dict(scope), receive, send)
         return (time.thread_time() - started) / n * 1e6
 
+    from _harness import stat_cpu
+
     def thread_cpu(tid: int) -> float:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu(f"/proc/self/task/{tid}/stat")
 
     result: Dict[str, float] = {}
     workdir = tempfile.mkdtemp(prefix="moesif-request-path-")

@@ -26,6 +26,9 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import stat_cpu  # noqa: E402
 from moesifasgi import storage  # noqa: E402
 from moesifasgi.queue_writer import QueueWriter  # noqa: E402
 from moesifasgi.storage import intake  # noqa: E402
@@ -44,9 +47,7 @@ def per_iteration(work: Callable[[], None], iterations: int, sleep: float) -> fl
 
 
 def _thread_cpu(native_id: int) -> float:
-    with open(f"/proc/self/task/{native_id}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(f"/proc/self/task/{native_id}/stat")
 
 
 def paced_writer(workdir: str, rate: float, seconds: float = 4.0) -> None:

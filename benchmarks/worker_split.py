@@ -10,7 +10,9 @@ writer's `submit` stubbed out and no flusher (`BENCH_NOWRITE=1`, `MOESIF_FLUSHER
 capture, callbacks and the event, nothing written); ours writing but with no flusher;
 ours as deployed (the embedded helper draining to the loopback stand-in). For each it
 prints requests/s and the CPU per request of each of the worker's threads (main, the
-queue writer) and of the helper, read from /proc, medians over the rounds. The
+queue writer) and of the helper, read from /proc by `_harness.measure` as compare.py
+does (with the helper draining, until the events were delivered), medians over the
+rounds. The
 differences between the rows split the middleware's cost into what the request path
 does, what writing the queue adds (on the writer thread and, through the GIL, on the
 main thread) and what draining adds.
@@ -27,66 +29,31 @@ import shutil
 import statistics
 import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import ECHO_BODY  # noqa: E402
-from _servers import AppServer, Collector  # noqa: E402
-from _wrk import run_wrk  # noqa: E402
+from _harness import HERE, LoadSpec, measure  # noqa: E402
 
-CONFIGS: Dict[str, Dict[str, str]] = {
-    "bare": {},
-    "ours, capture only": {"BENCH_NORECORD": "1", "MOESIF_FLUSHER": "external"},
-    "ours, nothing written": {"BENCH_NOWRITE": "1", "MOESIF_FLUSHER": "external"},
-    "ours, no flusher": {"MOESIF_FLUSHER": "external"},
-    "ours (helper draining)": {},
+# name -> (bench_app mode, flusher, extra environment)
+CONFIGS: Dict[str, Tuple[str, str, Dict[str, str]]] = {
+    "bare": ("bare", "embedded", {}),
+    "ours, capture only": ("ours", "external", {"BENCH_NORECORD": "1"}),
+    "ours, nothing written": ("ours", "external", {"BENCH_NOWRITE": "1"}),
+    "ours, no flusher": ("ours", "external", {}),
+    "ours (helper draining)": ("ours", "embedded", {}),
 }
 
 
-def _cpu_by_thread(pid: int) -> Dict[str, float]:
-    """CPU seconds of each thread of `pid`, summed by thread name (/proc comm)."""
-    out: Dict[str, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
-        name = "main" if tid == str(pid) else ("writer" if name.startswith("moesifasgi-queu") else "other")
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
-def _process_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def measure(name: str, config: Dict[str, str], collector: Collector, endpoint: str, seconds: int) -> Dict[str, float]:
-    workdir = tempfile.mkdtemp(prefix="moesif-split-")
-    env = dict(config, BENCH_CALLBACKS="1", MOESIF_BASE_URI=collector.url,
-               MOESIF_QUEUE_PATH=os.path.join(workdir, "q.sqlite"))
-    server = AppServer(sys.executable, "bare" if name == "bare" else "ours", env)
-    try:
-        body = ECHO_BODY if endpoint == "/echo" else None
-        run_wrk(server.url + endpoint, seconds=2, connections=32, post_json=body)  # warm-up
-        workers = server.worker_pids()  # none under uvicorn with one worker: the server is the worker
-        worker = workers[0] if workers else server.proc.pid
-        helpers = server.helper_pids()
-        before, helper_before = _cpu_by_thread(worker), sum(_process_cpu(p) for p in helpers)
-        result = run_wrk(server.url + endpoint, seconds=seconds, connections=32, post_json=body)
-        after, helper_after = _cpu_by_thread(worker), sum(_process_cpu(p) for p in helpers)
-        per = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / result.requests * 1e6 for k in after}
-        per["helper"] = (helper_after - helper_before) / result.requests * 1e6
-        per["req/s"] = result.requests_per_s
-        return per
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+def run_config(config: Tuple[str, str, Dict[str, str]], endpoint: str, seconds: int,
+               workdir: str, seq: int) -> Dict[str, float]:
+    """One measured load (`_harness.measure`): CPU µs per request by role, and req/s.
+    With the helper draining, the CPU counts until the events were delivered."""
+    mode, flusher, extra = config
+    spec = LoadSpec(endpoint, seconds, 32, warmup=2, flusher=flusher, extra_env=extra,
+                    wait_delivery=mode == "ours" and flusher == "embedded")
+    run = measure(mode, sys.executable, spec, workdir, seq)
+    return dict(run.cpu_us, **{"req/s": run.wrk.requests_per_s})
 
 
 def main() -> None:
@@ -98,20 +65,22 @@ def main() -> None:
     args = parser.parse_args()
     configs = CONFIGS
     if args.against:
-        here = os.path.dirname(os.path.abspath(__file__))
-        other = {"PYTHONPATH": os.pathsep.join([os.path.abspath(args.against), here])}
-        configs = {"bare": {}, "ours (helper draining)": {}, "other (helper draining)": other}
-    collector = Collector()
+        other = {"PYTHONPATH": os.pathsep.join([os.path.abspath(args.against), HERE])}
+        configs = {"bare": CONFIGS["bare"], "ours (helper draining)": CONFIGS["ours (helper draining)"],
+                   "other (helper draining)": ("ours", "embedded", other)}
+    workdir = tempfile.mkdtemp(prefix="moesif-split-")
     runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in configs}
+    seq = 0  # numbers each run's files in the work directory
     try:
         for round_no in range(args.rounds):
             for name, config in configs.items():
-                m = measure(name, config, collector, args.endpoint, args.seconds)
+                seq += 1
+                m = run_config(config, args.endpoint, args.seconds, workdir, seq)
                 runs[name].append(m)
                 print(f"round {round_no + 1} {name:24s} " + "  ".join(f"{k} {v:.0f}" for k, v in sorted(m.items())),
                       flush=True)
     finally:
-        collector.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     keys = ["req/s", "main", "writer", "helper"]
     print(f"\n{args.endpoint}, medians of {args.rounds} rounds of {args.seconds} s; CPU in µs per request")
     print(f"{'configuration':24s} " + " ".join(f"{k:>8s}" for k in keys) + f" {'+main':>7s}")
