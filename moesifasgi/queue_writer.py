@@ -99,6 +99,7 @@ class QueueWriter:
         self._app: Optional[int] = None  # apps.id of application_id in the open file
         self._app_opened = -1  # the file generation _app belongs to
         self._app_of = application_id  # the application id _app belongs to
+        self._one_statement = False  # whether the connection can take a group in one statement
         self._thread = threading.Thread(target=self._run, name="moesifasgi-queue-writer", daemon=True)
         try:
             self._thread.start()
@@ -304,6 +305,10 @@ class QueueWriter:
         """One transaction: the events (within the cap and the disk's room), the
         profiles (within theirs), and the counts of what either lost."""
         conn = self._connection()
+        if (rows and not profiles and self._one_statement and not self._uncounted_drops
+                and not self._uncounted_profile_drops and not self._uncounted_problems
+                and space.plenty(self.path) and intake.insert_group(conn, rows, self._app, self.capacity)):
+            return len(rows), []  # the usual group: one statement (intake.insert_group)
         with storage.immediate(conn):
             kept_profiles = [self._insert_profiles(conn, item) for item in profiles]
             pending = intake.pending_events(conn)
@@ -437,6 +442,8 @@ class QueueWriter:
         conn = self._file.connection()
         application_id = self.application_id  # may be set once, by writer_for adopting a profiles-only writer
         if self._app_opened != self._file.opened or self._app_of != application_id:
+            if self._app_opened != self._file.opened:  # a new connection
+                self._one_statement = intake.prepare_group_insert(conn)
             self._app = intake.app_number(conn, application_id)
             self._app_opened = self._file.opened
             self._app_of = application_id

@@ -254,17 +254,22 @@ def test_a_profile_update_and_events_of_one_process_are_committed_by_the_same_th
     from moesifasgi.storage import intake
 
     seen = []
-    insert_events, insert_profiles = intake.insert_events, intake.insert_profiles
+    insert_events, insert_group, insert_profiles = intake.insert_events, intake.insert_group, intake.insert_profiles
 
     def recording_events(conn, rows, app):
         seen.append(("events", threading.current_thread().name, threading.get_ident()))
         return insert_events(conn, rows, app)
+
+    def recording_group(conn, rows, app, cap):  # the usual group's one statement
+        seen.append(("events", threading.current_thread().name, threading.get_ident()))
+        return insert_group(conn, rows, app, cap)
 
     def recording_profiles(conn, rows, cap):
         seen.append(("profiles", threading.current_thread().name, threading.get_ident()))
         return insert_profiles(conn, rows, cap)
 
     monkeypatch.setattr(intake, "insert_events", recording_events)
+    monkeypatch.setattr(intake, "insert_group", recording_group)
     monkeypatch.setattr(intake, "insert_profiles", recording_profiles)
     writer = writers.writer_for(queue_path, 1000, "app-id")  # what the middleware uses
     assert writer.submit(("tid-1", time.time(), '{"request":{}}'))

@@ -51,6 +51,13 @@ def free_bytes(path: str) -> Optional[int]:
     return st.f_bavail * st.f_frsize
 
 
+def plenty(path: str) -> bool:
+    """Whether the disk of `path` has LOW_SPACE_BYTES free (or cannot tell): a
+    writer may add events without looking at the file's free pages."""
+    free = free_bytes(path)
+    return free is None or free >= LOW_SPACE_BYTES
+
+
 def room_for(conn: sqlite3.Connection, path: str, nbytes: int) -> bool:
     """May a writer add about `nbytes` of events to the queue now?
 
@@ -58,8 +65,7 @@ def room_for(conn: sqlite3.Connection, path: str, nbytes: int) -> bool:
     pages inside the file (twice the size: the rows, their index entries and
     their WAL frames).
     """
-    free = free_bytes(path)
-    if free is None or free >= LOW_SPACE_BYTES:
+    if plenty(path):
         return True
     pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
