@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -87,15 +87,38 @@ def _comm(path: str) -> str:
         return ""
 
 
+def _status_field(path: str, name: str) -> int:
+    """The first number of the line `name` in a /proc status file (0 when it is gone)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main_thread_waits(pid: int) -> int:
+    """How many times the main thread of `pid` has blocked so far (voluntary context
+    switches). A saturated bare worker never blocks: epoll always has work. With a
+    second thread that takes the GIL, each time the main thread finds it taken it
+    sleeps and is woken, which on a virtual machine costs far more CPU than the
+    wait itself (benchmarks/wake_cost.py)."""
+    return _status_field(f"/proc/{pid}/task/{pid}/status", "voluntary_ctxt_switches:")
+
+
 def cpu_snapshot(server: AppServer, sink_pid: Optional[int]) -> Dict[str, float]:
-    """CPU seconds so far: worker main threads, their writer threads, their other threads, helper, sink."""
-    snap = {"main": 0.0, "writer": 0.0, "threads": 0.0, "helper": 0.0, "sink": 0.0}
+    """CPU seconds so far: worker main threads, their writer threads, their other threads, helper, sink;
+    and `main_waits`, the main threads' waits (`main_thread_waits`), a count."""
+    snap = {"main": 0.0, "writer": 0.0, "threads": 0.0, "helper": 0.0, "sink": 0.0, "main_waits": 0.0}
     for pid in server.worker_pids() or [server.proc.pid]:
         task_dir = f"/proc/{pid}/task"
         try:
             tids = os.listdir(task_dir)
         except OSError:
             continue
+        snap["main_waits"] += main_thread_waits(pid)
         for tid in tids:
             cpu = stat_cpu(f"{task_dir}/{tid}/stat")
             if int(tid) == pid:
@@ -112,14 +135,7 @@ def cpu_snapshot(server: AppServer, sink_pid: Optional[int]) -> Dict[str, float]
 
 
 def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _status_field(f"/proc/{pid}/status", "VmRSS:")
 
 
 class RssSampler(threading.Thread):
@@ -151,6 +167,7 @@ class RssSampler(threading.Thread):
 class Run:
     wrk: WrkResult
     cpu_us: Dict[str, float] = field(default_factory=dict)   # per request, by role
+    main_waits: float = 0.0  # the workers' main threads blocked this many times per request
     expected: int = 0        # responses wrk counted (warm-up included)
     delivered: int = 0       # distinct transaction ids (Moesif) or spans (OTLP) the sink received
     duplicates: int = 0
@@ -219,6 +236,7 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
         # is still work per request. Idle waiting costs next to nothing.
         after = cpu_snapshot(server, sink_pid)
         n = max(result.requests, 1)
+        run.main_waits = (after.pop("main_waits") - before.pop("main_waits")) / n
         run.cpu_us = {k: (after[k] - before[k]) * 1e6 / n for k in before}
     finally:
         sampler.stop()

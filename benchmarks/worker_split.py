@@ -11,8 +11,10 @@ capture, callbacks and the event, nothing written); ours writing but with no flu
 ours as deployed (the embedded helper draining to the loopback stand-in). For each it
 prints requests/s and the CPU per request of each of the worker's threads (main, the
 queue writer) and of the helper, read from /proc by `_harness.measure` as compare.py
-does (with the helper draining, until the events were delivered), medians over the
-rounds. The
+does (with the helper draining, until the events were delivered), and how many times per
+1,000 requests the worker's main thread blocked (`waits/kreq`, its voluntary context
+switches: a saturated bare worker never blocks, so these are the waits for the GIL that
+the writer thread holds, each a sleep and a wake-up), medians over the rounds. The
 differences between the rows split the middleware's cost into what the request path
 does, what writing the queue adds (on the writer thread and, through the GIL, on the
 main thread) and what draining adds.
@@ -53,7 +55,7 @@ def run_config(config: Tuple[str, str, Dict[str, str]], endpoint: str, seconds: 
     spec = LoadSpec(endpoint, seconds, 32, warmup=2, flusher=flusher, extra_env=extra,
                     wait_delivery=mode == "ours" and flusher == "embedded")
     run = measure(mode, sys.executable, spec, workdir, seq)
-    return dict(run.cpu_us, **{"req/s": run.wrk.requests_per_s})
+    return dict(run.cpu_us, **{"req/s": run.wrk.requests_per_s, "waits/kreq": run.main_waits * 1000})
 
 
 def main() -> None:
@@ -81,7 +83,7 @@ def main() -> None:
                       flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    keys = ["req/s", "main", "writer", "helper"]
+    keys = ["req/s", "main", "writer", "helper", "waits/kreq"]
     print(f"\n{args.endpoint}, medians of {args.rounds} rounds of {args.seconds} s; CPU in µs per request")
     print(f"{'configuration':24s} " + " ".join(f"{k:>8s}" for k in keys) + f" {'+main':>7s}")
     bare_main = statistics.median(m.get("main", 0.0) for m in runs["bare"])
