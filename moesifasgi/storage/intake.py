@@ -101,9 +101,10 @@ def insert_segments(conn: sqlite3.Connection, rows: Sequence[SegmentRow]) -> Non
 # written by one statement in autocommit mode instead of a transaction of five
 # (BEGIN IMMEDIATE, the cap's SELECT, two INSERTs, COMMIT). Each statement
 # gives up the GIL while SQLite works and must take it back from the app's
-# event loop; one statement means one hand-over per group, and less of the
-# writer thread's CPU per group (benchmarks/wake_cost.py's paced writer: 661-782
-# µs per group of 29 events instead of 843-873, the README's Performance).
+# event loop, which then sleeps until the GIL is free again: one statement
+# instead of five cut those waits of a busy worker's loop from 160 to about 95
+# per 1,000 requests, and the writer thread's CPU per group from 843-873 µs to
+# 630-782 (benchmarks/worker_split.py and wake_cost.py; the README's Performance).
 #
 # An INSTEAD OF trigger on a TEMP view does the work: it inserts each segment
 # and its body, and refuses the whole statement (RAISE(ABORT) undoes every row
