@@ -89,6 +89,7 @@ class Outcome:
     non_2xx: int
     delivery_s: float       # from the end of the load (or of the outage) to the last event
     extra: Dict[str, Any] = field(default_factory=dict)
+    diagnostics: str = ""   # for a failed check: what the files and the log looked like at the end
 
     @property
     def lost(self) -> int:
@@ -240,6 +241,21 @@ class Stage:
         """Log messages (lines starting with one of `prefixes`; traceback lines are not counted)."""
         with open(self.log_path, errors="replace") as f:
             return sum(1 for line in f if line.startswith(prefixes))
+
+    def diagnostics(self, log_lines: int = 60) -> str:
+        """The queue directory's files (size, inode) and the end of the servers' log."""
+        lines = ["files:"]
+        for root, _, names in os.walk(self.tmp):
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                lines.append(f"  {os.path.relpath(path, self.tmp)} {st.st_size} bytes inode {st.st_ino}")
+        with open(self.log_path, errors="replace") as f:
+            lines += ["log (end):"] + ["  " + line.rstrip() for line in f.readlines()[-log_lines:]]
+        return "\n".join(lines)
 
     def close(self) -> None:
         for gen in self._loads:
@@ -492,10 +508,12 @@ def scenario_disk_trouble(target: Target, d: Durations) -> List[Outcome]:
         # The workers' logging is not configured (Python's last-resort handler
         # prints the bare message); the helper prefixes its own lines.
         errors = stage.log_messages("moesifasgi", "moesif-flush helper", "ERROR", "WARNING", "Traceback")
-        return [stage.outcome("6 queue dir removed/unusable", gen, delivery, ok_before_removal=ok_before_removal,
-                              recreated=recreated, dropped_after=status.get("dropped"),
-                              sent_after_repair=len(after_repair),
-                              lost_after_repair=len(set(after_repair) - seen), log_messages=errors)]
+        out = stage.outcome("6 queue dir removed/unusable", gen, delivery, ok_before_removal=ok_before_removal,
+                            recreated=recreated, dropped_after=status.get("dropped"),
+                            sent_after_repair=len(after_repair),
+                            lost_after_repair=len(set(after_repair) - seen), log_messages=errors)
+        out.diagnostics = stage.diagnostics()
+        return [out]
     finally:
         stage.close()
 
