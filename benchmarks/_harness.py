@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -108,17 +108,19 @@ def main_thread_waits(pid: int) -> int:
     return _status_field(f"/proc/{pid}/task/{pid}/status", "voluntary_ctxt_switches:")
 
 
+def _worker_pids(server: AppServer) -> List[int]:
+    return server.worker_pids() or [server.proc.pid]
+
+
 def cpu_snapshot(server: AppServer, sink_pid: Optional[int]) -> Dict[str, float]:
-    """CPU seconds so far: worker main threads, their writer threads, their other threads, helper, sink;
-    and `main_waits`, the main threads' waits (`main_thread_waits`), a count."""
-    snap = {"main": 0.0, "writer": 0.0, "threads": 0.0, "helper": 0.0, "sink": 0.0, "main_waits": 0.0}
-    for pid in server.worker_pids() or [server.proc.pid]:
+    """CPU seconds so far: worker main threads, their writer threads, their other threads, helper, sink."""
+    snap = {"main": 0.0, "writer": 0.0, "threads": 0.0, "helper": 0.0, "sink": 0.0}
+    for pid in _worker_pids(server):
         task_dir = f"/proc/{pid}/task"
         try:
             tids = os.listdir(task_dir)
         except OSError:
             continue
-        snap["main_waits"] += main_thread_waits(pid)
         for tid in tids:
             cpu = stat_cpu(f"{task_dir}/{tid}/stat")
             if int(tid) == pid:
@@ -149,7 +151,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                workers = self.server.worker_pids() or [self.server.proc.pid]
+                workers = _worker_pids(self.server)
                 helpers = self.server.helper_pids()
                 self.worker_kb = max([self.worker_kb] + [_rss_kb(p) for p in workers])
                 self.helper_kb = max([self.helper_kb] + [_rss_kb(p) for p in helpers])
@@ -224,7 +226,7 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
         post = ECHO_BODY if spec.endpoint == "/echo" else None
         warm = run_wrk(url, seconds=spec.warmup, connections=spec.connections, post_json=post,
                        think_ms=spec.think_ms)
-        before = cpu_snapshot(server, sink_pid)
+        before, waits_before = cpu_snapshot(server, sink_pid), sum(map(main_thread_waits, _worker_pids(server)))
         result = run_wrk(url, seconds=spec.seconds, connections=spec.connections, post_json=post,
                          think_ms=spec.think_ms)
         run = Run(result, expected=warm.requests + result.requests)
@@ -234,9 +236,9 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
             _wait_otlp(run, sink, spec)
         # After the delivery: work deferred past the response (posting, exporting)
         # is still work per request. Idle waiting costs next to nothing.
-        after = cpu_snapshot(server, sink_pid)
+        after, waits_after = cpu_snapshot(server, sink_pid), sum(map(main_thread_waits, _worker_pids(server)))
         n = max(result.requests, 1)
-        run.main_waits = (after.pop("main_waits") - before.pop("main_waits")) / n
+        run.main_waits = (waits_after - waits_before) / n
         run.cpu_us = {k: (after[k] - before[k]) * 1e6 / n for k in before}
     finally:
         sampler.stop()

@@ -2,9 +2,11 @@
 
 The request path only appends to an in-memory deque (no lock, no I/O); one
 writer thread per process commits what accumulated every few milliseconds in a
-single `BEGIN IMMEDIATE` transaction (group commit). The cap on pending events
-is checked inside that transaction against a counter kept exact by triggers, so
-it holds across every process sharing the file.
+single transaction (group commit): one statement for the usual group, a
+`BEGIN IMMEDIATE` transaction when it meets the cap or carries counts or
+profiles (`storage.intake`). The cap on pending events is checked inside that
+transaction against a counter kept exact by triggers, so it holds across every
+process sharing the file.
 
 A thread rather than an asyncio task: the writer must be able to commit at
 interpreter exit and on SIGTERM, when no event loop may be running, and
