@@ -206,8 +206,10 @@ class Pump:
         else:
             rows = await self._ack_and_claim(number)
         if not rows:
-            # A drain must deliver the profiles before it stops; a daemon looks now and then.
-            if (self._until_empty or self._profiles_due()) and await self._deliver_profiles():
+            # A drain delivers the profiles before it stops, once no events are in
+            # flight (events first); a daemon looks now and then.
+            due = not self._holding if self._until_empty else self._profiles_due()
+            if due and await self._deliver_profiles():
                 return  # events may have come meanwhile: claim again
             if (self._until_empty and not self._holding and not self._profiles_gate.locked()
                     and self.delivery.pause_remaining() == 0):
