@@ -292,7 +292,9 @@ def _already_private(path: str, *, create: bool) -> bool:
     committing into the unlinked -wal: events acknowledged, never drained, never
     counted (seen when a helper stopped after its worker's kill -9). So a file
     that is already right is never opened; only a missing or wrong one is, which
-    no connection of ours can hold (SQLite gives -wal/-shm the database's mode).
+    no connection of ours can hold (SQLite gives -wal/-shm the database's mode),
+    provided no other thread of ours is creating it meanwhile: storage._OPENING
+    keeps them apart.
     """
     try:
         st = os.lstat(path)

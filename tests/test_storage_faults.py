@@ -7,6 +7,8 @@ import dataclasses
 import os
 import sqlite3
 import subprocess
+import sys
+import threading
 import time
 import uuid
 
@@ -386,3 +388,52 @@ async def test_the_flusher_releases_its_reserve_on_a_full_disk_and_drains_once_m
         sent = len(collector.distinct_transaction_ids())
     counters = _counters(path)
     assert sent + counters["pending"] + counters["dropped"] == answered
+
+
+def test_two_threads_opening_a_new_queue_file_at_once_keep_their_commits_visible(tmp_path, monkeypatch):
+    """After the queue directory is removed, a worker's event writer and its helper
+    check reconnect at once. If one thread's check of the files ran while the other
+    thread's SQLite created and locked them, its open()/close() dropped this
+    process's POSIX locks; another process's last close then deleted the -wal this
+    process went on committing to (events acknowledged, never seen again). The
+    check is paused here right where that happened; the second connection must
+    wait for it instead of slipping in."""
+    from moesifasgi import queue_location
+
+    path = str(tmp_path / "q" / "queue.sqlite")
+    checked = queue_location._already_private
+    paused, release = threading.Event(), threading.Event()
+
+    def pause_after_the_first_check(candidate, *, create):
+        answer = checked(candidate, create=create)
+        if candidate == path and not answer and threading.current_thread().name == "first":
+            paused.set()
+            release.wait(60)  # until the second thread connected or had its chance
+        return answer
+
+    monkeypatch.setattr(queue_location, "_already_private", pause_after_the_first_check)
+    conns = {}
+    first = threading.Thread(target=lambda: conns.setdefault("first", storage.connect(path)), name="first")
+    first.start()
+    assert paused.wait(60)
+    second = threading.Thread(target=lambda: conns.setdefault("second", storage.connect(path)), name="second")
+    second.start()
+    second.join(2)  # without the fix it connects now, inside the first one's check
+    release.set()
+    first.join(60)
+    second.join(60)
+    try:
+        conns["second"].execute("INSERT INTO kv (key, value, updated_at) VALUES ('before', '1', 0)")
+        # Another process opens the file and closes it: were it the last user, its close
+        # checkpoints and deletes the -wal.
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                        "c.execute('SELECT count(*) FROM kv').fetchone(); c.close()", path], check=True, timeout=60)
+        assert os.path.exists(path + "-wal"), "another process deleted the -wal this one still writes"
+        conns["first"].execute("INSERT INTO kv (key, value, updated_at) VALUES ('after', '2', 0)")
+        seen = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                               "print(','.join(k for (k,) in c.execute('SELECT key FROM kv ORDER BY key')))", path],
+                              check=True, timeout=60, capture_output=True, text=True).stdout.split()
+        assert seen == ["after,before"]
+    finally:
+        for conn in conns.values():
+            conn.close()

@@ -13,6 +13,7 @@ import os
 import pathlib
 import re
 import sqlite3
+import threading
 import time
 
 try:
@@ -25,6 +26,24 @@ from typing import Iterator, List, Optional, Tuple
 from .. import queue_location
 
 BUSY_TIMEOUT_MS = 5000
+
+# Held by a thread of this process from checking the queue's files until its new
+# connection holds SQLite's locks on them (its first read in WAL mode). Closing
+# *any* descriptor of a file drops every POSIX lock the process holds on it, and
+# prepare_queue_file opens a file that lstat() found missing or not private. Two
+# threads opening a new file at once (after the queue directory was removed, a
+# worker's event writer and its helper check both reconnect) could interleave:
+# one thread's SQLite creates and locks the file between the other's lstat() and
+# open(); that close() dropped the locks; another process's last close then
+# checkpointed and deleted the -wal that this process kept committing to, and
+# those events were gone without a count (tests/test_storage_faults.py).
+_OPENING = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    def _new_opening_lock() -> None:
+        global _OPENING
+        _OPENING = threading.Lock()  # a thread of the parent may have held it at fork()
+
+    os.register_at_fork(after_in_child=_new_opening_lock)
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
 
@@ -144,14 +163,8 @@ def file_identity(path: str) -> Optional[Tuple[int, int]]:
     return (st.st_dev, st.st_ino)
 
 
-def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.Connection:
-    """Open the queue at `path` in autocommit mode with WAL and a busy timeout.
-
-    With `create=False` a missing file is a QueueError instead of a new empty queue
-    (the CLI uses this so that a typo in a path is reported, not silently created).
-    """
-    if not create and not os.path.exists(path):
-        raise QueueError(f"no queue file at {path}")
+def _open_locked(path: str, *, create: bool) -> sqlite3.Connection:
+    """Check the files, open the connection and make it take its locks (under _OPENING)."""
     try:
         # Private directory, no symlinks, every file 0600: see queue_location.
         queue_location.prepare_queue_file(path, create=create)
@@ -164,7 +177,27 @@ def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _incremental_vacuum_if_new(conn)
-        _enable_wal(conn)
+        _enable_wal(conn)  # reads in WAL mode: the -wal and -shm are open and locked
+    except QueueError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise QueueError(f"cannot use queue file {path}: {exc}") from exc
+    return conn
+
+
+def connect(path: str, *, create: bool = True, migrate: bool = True) -> sqlite3.Connection:
+    """Open the queue at `path` in autocommit mode with WAL and a busy timeout.
+
+    With `create=False` a missing file is a QueueError instead of a new empty queue
+    (the CLI uses this so that a typo in a path is reported, not silently created).
+    """
+    if not create and not os.path.exists(path):
+        raise QueueError(f"no queue file at {path}")
+    with _OPENING:
+        conn = _open_locked(path, create=create)
+    try:
         # NORMAL is durable against process crashes (kill -9) in WAL mode; only an
         # OS crash or power loss can lose the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -220,7 +253,8 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = 1")
-        version = schema_version(conn)
+        with _OPENING:  # its first read may create and lock the -wal and -shm: see _OPENING
+            version = schema_version(conn)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = [t for t in _QUEUE_TABLES if t not in tables]
         if version < 1 or missing:
