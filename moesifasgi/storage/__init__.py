@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional, Tuple
 from .. import queue_location
 
 BUSY_TIMEOUT_MS = 5000
+_MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
 # Held by a thread of this process from checking the queue's files until its new
 # connection holds SQLite's locks on them (its first read in WAL mode). Closing
@@ -44,7 +45,6 @@ if hasattr(os, "register_at_fork"):
         _OPENING = threading.Lock()  # a thread of the parent may have held it at fork()
 
     os.register_at_fork(after_in_child=_new_opening_lock)
-_MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
 
 class QueueError(Exception):
