@@ -295,9 +295,20 @@ async def test_a_failed_profile_post_pauses_event_delivery_through_the_same_back
     assert flusher.delivery.errors == 0  # a success (events' or profiles') ended the episode
 
 
-async def test_a_drain_delivers_the_events_and_then_the_profiles(path, collector):
+@pytest.mark.parametrize("events_post_delay", [0.0, 0.5], ids=["events-posted-at-once", "events-post-slow"])
+async def test_a_drain_delivers_the_events_and_then_the_profiles(path, collector, events_post_delay):
+    # With the events' post made slow, the other workers find no event to claim
+    # while one posts them: they must not send the profiles ahead of it.
     from moesifasgi import profiles
 
+    handle = collector.handle
+
+    def delayed_events(method, route, headers, body):
+        if route.startswith("/v1/events/batch"):
+            time.sleep(events_post_delay)
+        return handle(method, route, headers, body)
+
+    collector.handle = delayed_events
     insert_events(path, 3)
     profiles.update_company({"company_id": "c-1"}, queue_path=path).result(10)
     flusher = flusher_for(path, collector.url)
@@ -307,26 +318,3 @@ async def test_a_drain_delivers_the_events_and_then_the_profiles(path, collector
     assert [p for _, p, _, _ in collector.request_log if p.endswith("/batch")] == [
         "/v1/events/batch", "/v1/companies/batch"]
     assert query(path, "SELECT COUNT(*) FROM profiles") == [(0,)]
-
-
-async def test_a_drain_posts_the_profiles_only_after_the_events_in_flight(path, collector):
-    # The other workers find no event to claim while one posts them: they must
-    # not send the profiles ahead of it. The events' post is made slow.
-    from moesifasgi import profiles
-
-    handle = collector.handle
-
-    def slow_events(method, route, headers, body):
-        if route.startswith("/v1/events/batch"):
-            time.sleep(0.5)
-        return handle(method, route, headers, body)
-
-    collector.handle = slow_events
-    insert_events(path, 3)
-    profiles.update_company({"company_id": "c-1"}, queue_path=path).result(10)
-    flusher = flusher_for(path, collector.url)
-    stats = await flusher.drain(10)
-    await flusher.aclose()
-    assert (stats.sent, stats.remaining, stats.error) == (3, 0, None)
-    assert [p for _, p, _, _ in collector.request_log if p.endswith("/batch")] == [
-        "/v1/events/batch", "/v1/companies/batch"]
