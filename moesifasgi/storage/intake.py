@@ -105,6 +105,8 @@ def insert_segments(conn: sqlite3.Connection, rows: Sequence[SegmentRow]) -> Non
 # instead of five cut those waits of a busy worker's loop from 160 to about 95
 # per 1,000 requests, and the writer thread's CPU per group from 843-873 µs to
 # 630-782 (benchmarks/worker_split.py and wake_cost.py; the README's Performance).
+# The waits themselves cost the loop little CPU, it turned out: a trial that
+# removed nearly all of them did not make the loop cheaper (README).
 #
 # An INSTEAD OF trigger on a TEMP view does the work: it inserts each segment
 # and its body, and refuses the whole statement (RAISE(ABORT) undoes every row
