@@ -38,11 +38,14 @@ def require_wrk() -> str:
 
 
 def run_wrk(url: str, *, seconds: int, connections: int = 16, threads: int = 1, post_json: Optional[dict] = None,
-            think_ms: Optional[float] = None) -> WrkResult:
+            think_ms: Optional[float] = None, timeout_s: Optional[float] = None) -> WrkResult:
     """wrk's figures for `url`. With `think_ms`, each connection waits that long
     before each request (wrk's `delay()`), so that the load stays below what the
-    server can take and the latencies are service times, not queueing."""
+    server can take and the latencies are service times, not queueing. `timeout_s`
+    replaces wrk's 2 s timeout per request (a server under valgrind is slower)."""
     cmd = [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if timeout_s is not None:
+        cmd.append(f"--timeout={timeout_s:g}s")
     script = None
     lua = ""
     if post_json is not None:
