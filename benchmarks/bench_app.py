@@ -152,3 +152,23 @@ if os.environ.get("BENCH_NORECORD"):
     async def _noop(self, exchange, strict=None):
         exchange.recorded = True
     _M._finish = _noop
+if os.environ.get("BENCH_TOGGLE"):
+    # same_process_ab.py: SIGUSR1 switches one thing between A and B inside this
+    # worker, so that both are measured in the same process, window after window.
+    import signal
+
+    from moesifasgi import writers as _writers_module
+    from moesifasgi.queue_writer import COMMIT_INTERVAL as _INTERVAL, QueueWriter as _QW
+
+    _toggle_kind, _, _toggle_value = os.environ["BENCH_TOGGLE"].partition(":")
+    _toggle = {"b": False, "submit": _QW.submit}
+
+    def _switch(signum, frame):
+        _toggle["b"] = not _toggle["b"]
+        if _toggle_kind == "nowrite":   # B: events are built and encoded, nothing is written
+            _QW.submit = (lambda self, row, on_done=None: True) if _toggle["b"] else _toggle["submit"]
+        elif _toggle_kind == "commit-interval":   # B: the writer's group window, in seconds
+            for w in (_writers_module._writers.peek() or {}).values():
+                w.commit_interval = float(_toggle_value) if _toggle["b"] else _INTERVAL
+
+    signal.signal(signal.SIGUSR1, _switch)
