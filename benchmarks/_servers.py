@@ -22,6 +22,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to the process group `proc` leads (started with start_new_session),
+    then SIGKILL to whatever of it is left: a worker forked while the master was
+    stopping can outlive it, and nothing of the group may survive into the next run."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,21 +197,6 @@ class AppServer:
         return total
 
     def stop(self, timeout: float = 15.0) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        # A worker forked while the master was stopping can outlive it: nothing of
-        # the group may survive into the next run.
-        time.sleep(0.2)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        stop_group(self.proc, timeout)
         if self._log is not None:
             self._log.close()

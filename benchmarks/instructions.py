@@ -28,7 +28,6 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from typing import Dict, List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import ECHO_BODY, HERE  # noqa: E402
-from _servers import free_port, wait_for_port  # noqa: E402
+from _servers import free_port, stop_group, wait_for_port  # noqa: E402
 from _wrk import run_wrk  # noqa: E402
 
 CONFIGS: Dict[str, Tuple[str, Dict[str, str]]] = {
@@ -93,12 +92,7 @@ def count(mode: str, extra: Dict[str, str], endpoint: str, seconds: int, workdir
         result = run_wrk(url, seconds=seconds, connections=CONNECTIONS, post_json=post, timeout_s=60)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 120)   # valgrind writes its last counts on the way out
     if result.errors:
         raise SystemExit(f"wrk saw {result.errors} errors against {mode} {extra}: see {workdir}")
     totals = thread_totals(dump)
