@@ -62,6 +62,13 @@ class OtlpSink:
             self.proc.kill()
 
 
+def checkout_env(checkout: str) -> Dict[str, str]:
+    """The environment that serves another checkout's package (its directory ahead
+    of the installed one on PYTHONPATH, the bench app's directory after it): the B of
+    an `--against` A/B."""
+    return {"PYTHONPATH": os.pathsep.join([os.path.abspath(checkout), HERE])}
+
+
 def require_standard(python: str) -> None:
     """uvicorn[standard] (uvloop, httptools) is how production runs; h11 flatters every middleware."""
     probe = subprocess.run([python, "-c", "import uvloop, httptools"], capture_output=True, cwd="/")

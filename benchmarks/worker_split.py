@@ -35,7 +35,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import HERE, LoadSpec, measure  # noqa: E402
+from _harness import LoadSpec, checkout_env, measure  # noqa: E402
 
 # name -> (bench_app mode, flusher, extra environment)
 CONFIGS: Dict[str, Tuple[str, str, Dict[str, str]]] = {
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = CONFIGS
     if args.against:
-        other = {"PYTHONPATH": os.pathsep.join([os.path.abspath(args.against), HERE])}
+        other = checkout_env(args.against)
         configs = {"bare": CONFIGS["bare"], "ours (helper draining)": CONFIGS["ours (helper draining)"],
                    "other (helper draining)": ("ours", "embedded", other)}
     workdir = tempfile.mkdtemp(prefix="moesif-split-")
