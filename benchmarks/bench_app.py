@@ -134,10 +134,16 @@ if MODE in ("ours", "original"):
             settings["DURABILITY"] = os.environ["MOESIF_DURABILITY"]
     app.add_middleware(MoesifMiddleware, settings=settings)
 
+def _submit_nothing(self, row, on_done=None) -> bool:
+    """QueueWriter.submit for BENCH_NOWRITE and BENCH_TOGGLE=nowrite: the event was
+    built, masked and encoded; nothing is written."""
+    return True
+
+
 if os.environ.get("BENCH_NOWRITE"):
     from moesifasgi.queue_writer import QueueWriter
 
-    QueueWriter.submit = lambda self, row, on_done=None: True
+    QueueWriter.submit = _submit_nothing
 if os.environ.get("BENCH_STATS"):
     import atexit, sys
 
@@ -166,7 +172,7 @@ if os.environ.get("BENCH_TOGGLE"):
     def _switch(signum, frame):
         _toggle["b"] = not _toggle["b"]
         if _toggle_kind == "nowrite":   # B: events are built and encoded, nothing is written
-            _QW.submit = (lambda self, row, on_done=None: True) if _toggle["b"] else _toggle["submit"]
+            _QW.submit = _submit_nothing if _toggle["b"] else _toggle["submit"]
         elif _toggle_kind == "commit-interval":   # B: the writer's group window, in seconds
             for w in (_writers_module._writers.peek() or {}).values():
                 w.commit_interval = float(_toggle_value) if _toggle["b"] else _INTERVAL
