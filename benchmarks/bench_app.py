@@ -4,8 +4,9 @@ BENCH_MODE=bare|ours|original|apitally|otel picks the middleware; MOESIF_BASE_UR
 ours and the original at the loopback collector; MOESIF_QUEUE_PATH is where ours keeps its
 queue; MOESIF_DURABILITY and MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QUEUE_SIZE
 (ours only). BENCH_CALLBACKS=1 gives ours and the original a SKIP and an IDENTIFY_USER
-callback (what a typical integration has). The peers export to BENCH_OTLP_ENDPOINT, a
-loopback OTLP/HTTP sink: apitally with request and response headers and bodies captured,
+callback (what a typical integration has); BENCH_NO_CALLBACKS=1 leaves them no callback at
+all (not even the /ready SKIP) and BENCH_NO_LOG_BODY=1 turns LOG_BODY off. The peers
+export to BENCH_OTLP_ENDPOINT, a loopback OTLP/HTTP sink: apitally with request and response headers and bodies captured,
 OpenTelemetry's ASGI middleware with a BatchSpanProcessor and the OTLP/HTTP exporter.
 
 `GET /ready` answers the worker's pid and is skipped by ours and the original
@@ -122,6 +123,11 @@ if MODE in ("ours", "original"):
     if os.environ.get("BENCH_CALLBACKS"):
         settings["SKIP"] = _skip
         settings["IDENTIFY_USER"] = _identify_user
+    if os.environ.get("BENCH_NO_CALLBACKS"):   # instructions.py --options: what the callbacks cost
+        del settings["SKIP"]
+        settings.pop("IDENTIFY_USER", None)
+    if os.environ.get("BENCH_NO_LOG_BODY"):   # instructions.py --options: what LOG_BODY costs
+        settings["LOG_BODY"] = False
     if MODE == "ours":
         settings["QUEUE_PATH"] = os.environ["MOESIF_QUEUE_PATH"]
         if os.environ.get("MOESIF_EVENT_QUEUE_SIZE"):

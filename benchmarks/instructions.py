@@ -2,6 +2,7 @@
 
     python benchmarks/instructions.py --seconds 20 --endpoint /hello
     python benchmarks/instructions.py --against <other checkout>
+    python benchmarks/instructions.py --options     # what the callbacks and LOG_BODY cost
 
 CPU time per request on this virtual machine moves by up to 30% between rounds of the
 same code (the host takes 5–16% of the cores as steal time under load, `vmstat`'s `st`),
@@ -21,6 +22,11 @@ writing. With `--against`, the rows are bare, ours writing and the other checkou
 package writing. Under callgrind the worker runs some 50 times slower, so a load of
 20 s is 500 (`/echo`) to 3,000 (bare `/hello`) requests. Runs of the same configuration
 agree within 1%.
+
+With `--options`, the rows are bare and ours writing with the bench configuration, then
+without its two callbacks, without LOG_BODY, and without either: how much of what the
+middleware adds is the price of the options the benchmarks turn on, and what is left
+when a user turns them off.
 """
 from __future__ import annotations
 
@@ -46,6 +52,13 @@ CONFIGS: Dict[str, Tuple[str, Dict[str, str]]] = {
     "ours, capture only": ("ours", {"BENCH_NORECORD": "1"}),
     "ours, nothing written": ("ours", {"BENCH_NOWRITE": "1"}),
     "ours, writing": ("ours", {}),
+}
+OPTIONS: Dict[str, Tuple[str, Dict[str, str]]] = {
+    "bare": ("bare", {}),
+    "ours, writing": ("ours", {}),
+    "ours, no callbacks": ("ours", {"BENCH_NO_CALLBACKS": "1"}),
+    "ours, no LOG_BODY": ("ours", {"BENCH_NO_LOG_BODY": "1"}),
+    "ours, neither": ("ours", {"BENCH_NO_CALLBACKS": "1", "BENCH_NO_LOG_BODY": "1"}),
 }
 # Fewer connections than the timing benchmarks: under callgrind a request takes
 # tens of milliseconds, and wrk must not time any out.
@@ -107,10 +120,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--endpoint", default="/hello", choices=["/hello", "/echo"])
-    parser.add_argument("--against", help="another checkout of this package: bare, ours and it")
+    rows_of = parser.add_mutually_exclusive_group()
+    rows_of.add_argument("--against", help="another checkout of this package: bare, ours and it")
+    rows_of.add_argument("--options", action="store_true", help="ours with and without the callbacks and LOG_BODY")
     args = parser.parse_args()
     require_valgrind()
-    configs = dict(CONFIGS)
+    configs = dict(OPTIONS if args.options else CONFIGS)
     if args.against:
         other = checkout_env(args.against)
         configs = {"bare": CONFIGS["bare"], "ours, writing": CONFIGS["ours, writing"], "other, writing": ("ours", other)}
