@@ -124,7 +124,7 @@ def report_config(title: str, rows: List[dict], out) -> None:
         if others:
             out(f"{endpoint:8s} ours / " + ", ".join(
                 f"{m} {ours['rps'] / by_mode[m]['rps']:.2f}x" for m in others)
-                + f"; ours/bare per round: " + " ".join(f"{x:.1%}" for x in ours["ratios"]))
+                + "; ours/bare per round: " + " ".join(f"{x:.1%}" for x in ours["ratios"]))
     out("(req/s, latency in ms: medians over rounds; /bare: ratio of the medians; CPU in µs per request, "
         "from the start of the load until its output was delivered: worker = main + writer (our queue writer thread) "
         "+ thrds (the worker's other threads: the peers' exporters); +worker: above bare's worker; helper: our "
