@@ -6,8 +6,9 @@ queue; MOESIF_DURABILITY and MOESIF_EVENT_QUEUE_SIZE set DURABILITY and EVENT_QU
 (ours only). BENCH_CALLBACKS=1 gives ours and the original a SKIP and an IDENTIFY_USER
 callback (what a typical integration has); BENCH_NO_CALLBACKS=1 leaves them no callback at
 all (not even the /ready SKIP) and BENCH_NO_LOG_BODY=1 turns LOG_BODY off. The peers
-export to BENCH_OTLP_ENDPOINT, a loopback OTLP/HTTP sink: apitally with request and response headers and bodies captured,
-OpenTelemetry's ASGI middleware with a BatchSpanProcessor and the OTLP/HTTP exporter.
+export to BENCH_OTLP_ENDPOINT, a loopback OTLP/HTTP sink: apitally with request and
+response headers and bodies captured, OpenTelemetry's ASGI middleware with a
+BatchSpanProcessor and the OTLP/HTTP exporter.
 
 `GET /ready` answers the worker's pid and is skipped by ours and the original
 (SKIP), so that a harness can wait until every worker answers without adding events.
