@@ -62,11 +62,20 @@ class OtlpSink:
             self.proc.kill()
 
 
+def checkout_root(checkout: str) -> str:
+    """The absolute path of an `--against` checkout. A directory without the package
+    would silently measure the installed one against itself: refused."""
+    root = os.path.abspath(checkout)
+    if not os.path.isfile(os.path.join(root, "moesifasgi", "__init__.py")):
+        raise SystemExit(f"--against {checkout}: no moesifasgi package there (expected a checkout of this project)")
+    return root
+
+
 def checkout_env(checkout: str) -> Dict[str, str]:
     """The environment that serves another checkout's package (its directory ahead
     of the installed one on PYTHONPATH, the bench app's directory after it): the B of
     an `--against` A/B."""
-    return {"PYTHONPATH": os.pathsep.join([os.path.abspath(checkout), HERE])}
+    return {"PYTHONPATH": os.pathsep.join([checkout_root(checkout), HERE])}
 
 
 def require_standard(python: str) -> None:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from typing import Dict, List
 
+from _harness import checkout_root  # the script's directory is on sys.path
+
 ECHO = json.dumps({"user": "ann", "items": [{"sku": f"SKU-{i}", "qty": i, "note": "x" * 40}
                                              for i in range(12)]}).encode()
 
@@ -139,7 +141,7 @@ def main() -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     checkouts = {"this checkout": here}
     if args.against:
-        checkouts = {"other": os.path.abspath(args.against), "this checkout": here}
+        checkouts = {"other": checkout_root(args.against), "this checkout": here}
     runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in checkouts}
     for round_no in range(args.rounds):
         for name, path in checkouts.items():
