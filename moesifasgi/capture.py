@@ -24,44 +24,50 @@ _TRANSACTION_HEADER_LENGTH = len(_TRANSACTION_HEADER_BYTES)
 
 RawHeaders = List[Tuple[bytes, bytes]]
 
-# Transaction ids are drawn from the OS's random source, 256 at a time: one
-# getrandom() call and one hex conversion per 256 ids. Each id is as random as
+# Transaction ids are drawn from the OS's random source, 256 at a time, and
+# written out as text at once: one getrandom() call, one hex conversion and 32
+# slice assignments per 256 ids, after which each id is one list pop (atomic, so
+# threads capturing outgoing calls never share one). Each id is as random as
 # str(uuid.uuid4()) (it is sent to clients in X-Moesif-Transaction-Id, so it must
 # not tell how many calls a worker served), at a fraction of its cost. The version
-# and variant bits are set for the whole draw at once (two translate() calls), so
-# that each id is five slices of the hex text.
+# and variant bits are set for the whole draw at once (two translate() calls).
 _IDS_PER_DRAW = 256
 _VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6: 0100xxxx
 _VARIANT_10 = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: 10xxxxxx
-_random_hex = ""
-_random_at = 0
+# An id's text, 8-4-4-4-12 hex digits, and the comma that ends it in a draw's text;
+# where each of its 32 digits goes in that text.
+_ID_STRIDE = 37
+_DIGIT_PLACES = tuple(i + (i >= 8) + (i >= 12) + (i >= 16) + (i >= 20) for i in range(32))
+_ids: List[str] = []
 
 
-def _forget_random_after_fork() -> None:
+def _forget_ids_after_fork() -> None:
     # A forked child must not hand out the rest of its parent's draw.
-    global _random_hex, _random_at
-    _random_hex, _random_at = "", 0
+    _ids.clear()
 
 
-after_fork_in_child(_forget_random_after_fork)
+after_fork_in_child(_forget_ids_after_fork)
 
 
-def _draw_ids() -> str:
+def _draw_ids() -> List[str]:
     raw = bytearray(os.urandom(16 * _IDS_PER_DRAW))
     raw[6::16] = raw[6::16].translate(_VERSION_4)
     raw[8::16] = raw[8::16].translate(_VARIANT_10)
-    return raw.hex()
+    digits = raw.hex().encode("ascii")
+    text = bytearray(b"-" * (_ID_STRIDE - 1) + b",") * _IDS_PER_DRAW
+    for digit, place in enumerate(_DIGIT_PLACES):
+        text[place::_ID_STRIDE] = digits[digit::32]
+    return text[:-1].decode("ascii").split(",")
 
 
 def new_transaction_id() -> str:
     """A random version-4 UUID string, as ``str(uuid.uuid4())`` gives."""
-    global _random_hex, _random_at
-    at = _random_at
-    if at >= len(_random_hex):
-        _random_hex, at = _draw_ids(), 0
-    _random_at = at + 32
-    h = _random_hex
-    return f"{h[at:at + 8]}-{h[at + 8:at + 12]}-{h[at + 12:at + 16]}-{h[at + 16:at + 20]}-{h[at + 20:at + 32]}"
+    while True:
+        try:
+            return _ids.pop()
+        except IndexError:
+            # Other threads may take the new draw before this one does: draw again.
+            _ids.extend(_draw_ids())
 
 
 # Header names as the wire gives them -> their lower-cased text. A server sends the
