@@ -124,19 +124,19 @@ def main_thread_waits(pid: int) -> int:
     return _status_field(f"/proc/{pid}/task/{pid}/status", "voluntary_ctxt_switches:")
 
 
-def _worker_pids(server: AppServer) -> List[int]:
+def worker_pids(server: AppServer) -> List[int]:
     return server.worker_pids() or [server.proc.pid]
 
 
-def _workers_waits(server: AppServer) -> int:
+def workers_waits(server: AppServer) -> int:
     """`main_thread_waits` summed over the server's workers."""
-    return sum(map(main_thread_waits, _worker_pids(server)))
+    return sum(map(main_thread_waits, worker_pids(server)))
 
 
 def cpu_snapshot(server: AppServer, sink_pid: Optional[int]) -> Dict[str, float]:
     """CPU seconds so far: worker main threads, their writer threads, their other threads, helper, sink."""
     snap = {"main": 0.0, "writer": 0.0, "threads": 0.0, "helper": 0.0, "sink": 0.0}
-    for pid in _worker_pids(server):
+    for pid in worker_pids(server):
         task_dir = f"/proc/{pid}/task"
         try:
             tids = os.listdir(task_dir)
@@ -172,7 +172,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                workers = _worker_pids(self.server)
+                workers = worker_pids(self.server)
                 helpers = self.server.helper_pids()
                 self.worker_kb = max([self.worker_kb] + [_rss_kb(p) for p in workers])
                 self.helper_kb = max([self.helper_kb] + [_rss_kb(p) for p in helpers])
@@ -247,7 +247,7 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
         post = ECHO_BODY if spec.endpoint == "/echo" else None
         warm = run_wrk(url, seconds=spec.warmup, connections=spec.connections, post_json=post,
                        think_ms=spec.think_ms)
-        before, waits_before = cpu_snapshot(server, sink_pid), _workers_waits(server)
+        before, waits_before = cpu_snapshot(server, sink_pid), workers_waits(server)
         result = run_wrk(url, seconds=spec.seconds, connections=spec.connections, post_json=post,
                          think_ms=spec.think_ms)
         run = Run(result, expected=warm.requests + result.requests)
@@ -257,7 +257,7 @@ def measure(mode: str, python: str, spec: LoadSpec, workdir: str, seq: int) -> R
             _wait_otlp(run, sink, spec)
         # After the delivery: work deferred past the response (posting, exporting)
         # is still work per request. Idle waiting costs next to nothing.
-        after, waits_after = cpu_snapshot(server, sink_pid), _workers_waits(server)
+        after, waits_after = cpu_snapshot(server, sink_pid), workers_waits(server)
         n = max(result.requests, 1)
         run.main_waits = (waits_after - waits_before) / n
         run.cpu_us = {k: (after[k] - before[k]) * 1e6 / n for k in before}

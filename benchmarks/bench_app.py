@@ -121,12 +121,11 @@ if MODE in ("ours", "original"):
         "LOG_BODY": True,
         "SKIP": skip_probe,
     }
-    if os.environ.get("BENCH_CALLBACKS"):
-        settings["SKIP"] = _skip
-        settings["IDENTIFY_USER"] = _identify_user
     if os.environ.get("BENCH_NO_CALLBACKS"):   # instructions.py --options: what the callbacks cost
         del settings["SKIP"]
-        settings.pop("IDENTIFY_USER", None)
+    elif os.environ.get("BENCH_CALLBACKS"):
+        settings["SKIP"] = _skip
+        settings["IDENTIFY_USER"] = _identify_user
     if os.environ.get("BENCH_NO_LOG_BODY"):   # instructions.py --options: what LOG_BODY costs
         settings["LOG_BODY"] = False
     if MODE == "ours":

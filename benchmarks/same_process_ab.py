@@ -31,7 +31,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import _worker_pids, _workers_waits, cpu_snapshot  # noqa: E402
+from _harness import worker_pids, workers_waits, cpu_snapshot  # noqa: E402
 from _servers import AppServer, Collector  # noqa: E402
 from _wrk import run_wrk  # noqa: E402
 
@@ -55,12 +55,12 @@ def main() -> None:
     try:
         url = server.url + "/hello"
         run_wrk(url, seconds=2, connections=32)   # warm-up
-        (worker,) = _worker_pids(server)
+        (worker,) = worker_pids(server)
         for pair in range(args.windows):
             for side in ("A", "B"):
-                before, waits_before = cpu_snapshot(server, None), _workers_waits(server)
+                before, waits_before = cpu_snapshot(server, None), workers_waits(server)
                 result = run_wrk(url, seconds=args.seconds, connections=32)
-                after, waits_after = cpu_snapshot(server, None), _workers_waits(server)
+                after, waits_after = cpu_snapshot(server, None), workers_waits(server)
                 n = max(result.requests, 1)
                 row = {"main": (after["main"] - before["main"]) * 1e6 / n,
                        "writer": (after["writer"] - before["writer"]) * 1e6 / n,
